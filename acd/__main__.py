@@ -1,0 +1,7 @@
+"""`python -m acd` runs the command line."""
+
+import sys
+
+from acd.cli import main
+
+sys.exit(main())

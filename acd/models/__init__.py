@@ -1,0 +1,35 @@
+"""Models: the embedded default(s) shipped as files, local Hugging Face directories, hub names.
+
+``load_model`` is the one way the engine gets a model; see ``acd.models.load`` for the hook
+vocabulary and docs/models.md for the decisions behind it.
+"""
+
+from acd.models.load import (
+    DEFAULT_MODEL,
+    InvalidModelDir,
+    ModelAdapter,
+    ModelError,
+    ModelInfo,
+    ModelNotAvailable,
+    ModelSpec,
+    UnsupportedModel,
+    embedded_model_names,
+    embedded_models_dir,
+    list_models,
+    load_model,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "InvalidModelDir",
+    "ModelAdapter",
+    "ModelError",
+    "ModelInfo",
+    "ModelNotAvailable",
+    "ModelSpec",
+    "UnsupportedModel",
+    "embedded_model_names",
+    "embedded_models_dir",
+    "list_models",
+    "load_model",
+]

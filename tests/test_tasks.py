@@ -1,0 +1,268 @@
+"""Tasks: prompt generation, tokenization and validation, on the toy tokenizer and a BPE one."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from acd.errors import TaskError
+from acd.models.train_toy import TASK_NAMES, build_tokenizer, task_vocabulary
+from acd.tasks import InductionTask, TemplateTask, list_tasks, load_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+    return build_tokenizer(task_vocabulary([load_task(n) for n in TASK_NAMES]))
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A byte-level BPE in GPT-2's style (leading-space tokens such as ' Mary'), trained here
+    on the task texts so that names and years are single tokens, as in GPT-2."""
+    tasks = [load_task(n) for n in TASK_NAMES]
+    corpus = []
+    for t in tasks:
+        corpus += [p.clean + "".join(p.answers[:3]) for p in t.prompt_pairs(300, seed=7)]
+        corpus += [p.corrupted for p in t.prompt_pairs(300, seed=7)]
+    corpus += [" ".join(f"{y:02d}" for y in range(100))] * 3  # every two-digit year a token
+    pool = load_task("induction").pool
+    corpus += pool + [" ".join(pool)] * 3  # every pool word a token, with and without a space
+    tok = Tokenizer(models.BPE())
+    # Digit pairs split off first, as GPT-2 splits the years Hanna et al. use ("1732" -> 17 32).
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\d\d"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+
+
+def test_shipped_tasks_are_listed():
+    names = [t.name for t in list_tasks()]
+    assert names == ["greater-than", "induction", "ioi"]
+    assert all(t.description for t in list_tasks())
+
+
+def test_unknown_task_names_the_choices():
+    with pytest.raises(TaskError, match="unknown task 'iio'.*ioi"):
+        load_task("iio")
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_prompt_pairs_are_deterministic_in_the_seed(name):
+    task = load_task(name)
+    assert task.prompt_pairs(20, seed=3) == task.prompt_pairs(20, seed=3)
+    assert task.prompt_pairs(20, seed=3) != task.prompt_pairs(20, seed=4)
+
+
+def _ioi_names(text: str, names: set[str]) -> list[str]:
+    return [w for w in re.findall(r"\w+", text) if w in names]
+
+
+def test_ioi_pairs_follow_the_abba_baba_and_abc_rules():
+    task = load_task("ioi")
+    assert isinstance(task, TemplateTask)
+    names = set(task.lists["names"])
+    orders = set()
+    for p in task.prompt_pairs(200, seed=0):
+        clean = _ioi_names(p.clean, names)
+        corrupted = _ioi_names(p.corrupted, names)
+        io, s = p.answers[0].strip(), p.wrongs[0].strip()
+        # Clean: IO once, S twice, S repeated as the third name.
+        assert sorted(clean) == sorted([io, s, s]) and clean[2] == s
+        orders.add("ABBA" if clean[0] == io else "BABA")
+        # Corrupted: three fresh distinct names, none of IO and S; the rest of the text equal.
+        assert len(set(corrupted)) == 3 and not set(corrupted) & {io, s}
+        assert re.sub(r"\w+", lambda m: "N" if m[0] in names else m[0], p.clean) == re.sub(
+            r"\w+", lambda m: "N" if m[0] in names else m[0], p.corrupted
+        )
+    assert orders == {"ABBA", "BABA"}
+
+
+def test_greater_than_answers_split_the_years_at_yy():
+    for p in load_task("greater-than").prompt_pairs(100, seed=1):
+        m = re.fullmatch(r"The \w+ lasted from the year (\d\d)(\d\d) to the year (\d\d)", p.clean)
+        assert m and m[1] == m[3]
+        yy = int(m[2])
+        assert p.corrupted == p.clean.replace(f"year {m[1]}{m[2]}", f"year {m[1]}01")
+        assert sorted(int(a) for a in p.answers) == list(range(yy + 1, 100))
+        assert sorted(int(w) for w in p.wrongs) == list(range(0, yy + 1))
+
+
+def test_induction_repeats_and_the_corruption_leaves_nothing_to_copy(toy_tokenizer):
+    task = load_task("induction")
+    assert isinstance(task, InductionTask)
+    half = task.half_length
+    batch = task.make_batch(toy_tokenizer, 30, seed=2)
+    for i, p in enumerate(batch.pairs):
+        words, other = p.clean.split(), p.corrupted.split()
+        assert words[:half] == words[half:] == other[half:]
+        assert not set(other[:half]) & set(words)
+        # Scored: the positions of the repeat's words 1..half-1, each predicting the next.
+        scored = batch.score_mask[i].nonzero().flatten().tolist()
+        assert scored == list(range(1 + half, 2 * half))
+        assert batch.targets[i, scored].tolist() == batch.clean[i, [t + 1 for t in scored]].tolist()
+
+
+@pytest.mark.parametrize("tokenizer_name", ["toy_tokenizer", "bpe_tokenizer"])
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_batches_decode_back_to_the_prompts(request, tokenizer_name, name):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    batch = load_task(name).make_batch(tokenizer, 12, seed=5)
+    assert batch.clean.shape == batch.corrupted.shape == batch.score_mask.shape
+    for i, p in enumerate(batch.pairs):
+        n = int(batch.lengths[i])
+        assert batch.clean[i, 0] == tokenizer.bos_token_id
+        decoded = tokenizer.decode(batch.clean[i, 1:n])
+        assert decoded.replace(" ", "") == p.clean.replace(" ", "")
+        # The scored position of IOI / greater-than is the last real token.
+        if name != "induction":
+            assert batch.score_mask[i].nonzero().flatten().tolist() == [n - 1]
+            answers = batch.correct[i][batch.correct_mask[i]].tolist()
+            assert [tokenizer.decode([a]).strip() for a in answers] == [
+                a.strip() for a in p.answers
+            ]
+
+
+def test_bpe_answers_carry_their_leading_space(bpe_tokenizer):
+    batch = load_task("ioi").make_batch(bpe_tokenizer, 5, seed=0)
+    for i, p in enumerate(batch.pairs):
+        token = bpe_tokenizer.convert_ids_to_tokens(int(batch.correct[i, 0]))
+        assert token == "Ġ" + p.answers[0].strip()  # byte-level BPE writes a space as Ġ
+
+
+def test_unknown_word_is_named(toy_tokenizer, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        json.dumps(
+            {
+                "clean": "When Mary and Zorblax went",
+                "corrupted": "When Tom and John went",
+                "answer": " Mary",
+                "wrong": " John",
+            }
+        )
+    )
+    with pytest.raises(TaskError, match="'Zorblax' is not in the tokenizer's vocabulary"):
+        load_task(path).make_batch(toy_tokenizer, 1)
+
+
+def test_length_mismatch_names_both_prompts(toy_tokenizer, tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "clean,corrupted,answer,wrong\n"
+        '"When Mary and John went to the store, John gave a drink to",'
+        '"When Tom and Amy went to the store, Kate gave a drink",Mary,John\n'
+    )
+    with pytest.raises(
+        TaskError,
+        match=r"clean prompt 'When Mary.*has 15 tokens but its "
+        r"corrupted prompt 'When Tom.*has 14",
+    ):
+        load_task(path).make_batch(toy_tokenizer, 1)
+
+
+def test_multi_token_answer_is_named(bpe_tokenizer, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    row = {
+        "clean": "When Mary and John went to the store, John gave a drink to",
+        "corrupted": "When Tom and Amy went to the store, Kate gave a drink to",
+        "answer": " Maryjohnxyz",
+        "wrong": " John",
+    }
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(
+        TaskError, match="answer ' Maryjohnxyz' after prompt 'When Mary.*not a single token"
+    ):
+        load_task(path).make_batch(bpe_tokenizer, 1)
+
+
+def test_eap_ig_csv_with_token_ids(toy_tokenizer, tmp_path):
+    mary, john = toy_tokenizer.convert_tokens_to_ids(["Mary", "John"])
+    path = tmp_path / "ioi.csv"
+    path.write_text(
+        "clean,corrupted,correct_idx,incorrect_idx\n"
+        '"When Mary and John went to the store, John gave a drink to",'
+        f'"When Tom and Amy went to the store, Kate gave a drink to",{mary},{john}\n'
+    )
+    batch = load_task(path).make_batch(toy_tokenizer, 1)
+    assert batch.correct[0, 0] == mary and batch.wrong[0, 0] == john
+    assert batch.metric == "logit_diff"
+
+
+def test_too_many_prompts_from_a_file(toy_tokenizer, tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"clean": "a", "corrupted": "b"}) + "\n")
+    with pytest.raises(TaskError, match="has 1 prompt pairs, 5 were asked for"):
+        load_task(path).prompt_pairs(5)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('kind = "template"\n[variables]\nA = "names"\n', "uses list 'names'"),
+        ('kind = "magic"\n', "unknown kind 'magic'"),
+        ('name = "x"\n', "missing the key 'kind'"),
+        ('kind = "template"\nmetric = "acc"\n', "unknown metric 'acc'"),
+        (
+            'kind = "template"\n[lists]\nn = { values = ["a"] }\n[variables]\nA = "n"\n'
+            '[[templates]]\nclean = "{A} {B}"\ncorrupted = "{A}"\n',
+            r"\{B\} in '\{A\} \{B\}'",
+        ),
+        ("kind = [", "not valid TOML"),
+    ],
+)
+def test_bad_task_files_give_one_clear_line(tmp_path, toml, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(TaskError, match=message) as info:
+        load_task(path)
+    assert "\n" not in str(info.value)
+
+
+def test_distinct_variables_need_enough_words(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text(
+        'kind = "template"\n[lists]\nn = { values = ["a", "b"] }\n'
+        '[variables]\nA = "n"\nB = "n"\nC = "n"\n'
+        '[constraints]\ndistinct = [["A", "B", "C"]]\n'
+        '[[templates]]\nclean = "{A} {B}"\ncorrupted = "{B} {C}"\n'
+    )
+    with pytest.raises(TaskError, match="too short for the distinct variables"):
+        load_task(path).prompt_pairs(1)
+
+
+def _toml_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", markdown, flags=re.S)
+
+
+def test_docs_worked_example_runs(toy_tokenizer, tmp_path):
+    """docs/tasks.md's worked example: the TOML and its word list, written out and used."""
+    doc = (REPO / "docs" / "tasks.md").read_text()
+    blocks = _toml_blocks(doc)
+    assert blocks, "docs/tasks.md has no ```toml example"
+    (tmp_path / "gifts.txt").write_text(re.search(r"```text\n(.*?)```", doc, flags=re.S)[1])
+    (tmp_path / "names.txt").write_text((REPO / "tasks" / "names.txt").read_text())
+    (tmp_path / "my_task.toml").write_text(blocks[0])
+    task = load_task(tmp_path / "my_task.toml")
+    batch = task.make_batch(toy_tokenizer, 8, seed=0)
+    assert len(batch) == 8
+    assert torch.equal(batch.score_mask.sum(1), torch.ones(8, dtype=torch.long))
