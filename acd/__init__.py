@@ -4,10 +4,17 @@ The public API (see docs/ and DESIGN.md's data flow):
 
     model = acd.load_model("toy")        # embedded default | local HF dir | hub name
     task = acd.load_task("ioi")          # shipped name | path to .toml / .csv / .jsonl
-    batch = task.make_batch(model.tokenizer, n=100, seed=0)
+    circuit = acd.discover(task, model, method="eap-ig", edges=200, prompts=100, seed=0)
+    circuit.edges, circuit.edge_scores, circuit.metrics["faithfulness"]
+    graph = acd.ComputeGraph.from_model(model)   # also .from_config(hf_or_tl_config)
 """
 
+from acd.attribution import attribute, node_scores
+from acd.circuit import Circuit
+from acd.discover import discover
 from acd.errors import AcdError, TaskError
+from acd.evaluate import CircuitEvaluation, evaluate_circuit
+from acd.graph import ComputeGraph
 from acd.models import ModelAdapter, list_models, load_model
 from acd.tasks import PromptBatch, PromptPair, Task, list_tasks, load_task
 
@@ -15,6 +22,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcdError",
+    "Circuit",
+    "CircuitEvaluation",
+    "ComputeGraph",
+    "attribute",
+    "discover",
+    "evaluate_circuit",
+    "node_scores",
     "ModelAdapter",
     "PromptBatch",
     "PromptPair",

@@ -153,8 +153,14 @@ def _encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 
 def _check_known_tokens(tokenizer: Any, text: str, ids: list[int]) -> None:
+    """TaskError naming the words of ``text`` the tokenizer maps to its unknown token.
+
+    ``ids`` starts with the BOS token where the tokenizer has one; it is not part of the text
+    and is skipped (GPT-2's unknown token *is* its BOS token, ``<|endoftext|>``).
+    """
     unk = tokenizer.unk_token_id
-    if unk is not None and unk in ids:
+    own_ids = ids[1:] if tokenizer.bos_token_id is not None else ids
+    if unk is not None and unk in own_ids:
         words = [
             w
             for w in text.replace(",", " ").replace(".", " ").split()

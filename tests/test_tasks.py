@@ -165,6 +165,29 @@ def test_unknown_word_is_named(toy_tokenizer, tmp_path):
         load_task(path).make_batch(toy_tokenizer, 1)
 
 
+def test_an_unknown_token_that_is_also_bos_is_only_flagged_in_the_text(tmp_path):
+    """GPT-2's tokenizer uses <|endoftext|> as BOS and as unknown token: the BOS acd puts in
+    front of every prompt must not count as an unknown word."""
+    words = ["<|endoftext|>", "When", "Mary", "and", "John", "went", "to"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=words[0], unk_token=words[0]
+    )
+    path = tmp_path / "p.jsonl"
+    ok = {
+        "clean": "When Mary and John went to",
+        "corrupted": "When John and Mary went to",
+        "answer": " Mary",
+        "wrong": " John",
+    }
+    path.write_text(json.dumps(ok) + "\n")
+    assert load_task(path).make_batch(tokenizer, 1).clean[0].tolist() == [0, 1, 2, 3, 4, 5, 6]
+    path.write_text(json.dumps({**ok, "clean": "When Mary and Zed went to"}) + "\n")
+    with pytest.raises(TaskError, match="'Zed' is not in the tokenizer's vocabulary"):
+        load_task(path).make_batch(tokenizer, 1)
+
+
 def test_length_mismatch_names_both_prompts(toy_tokenizer, tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text(

@@ -1,0 +1,261 @@
+"""Evaluate a circuit: how much of the model's behaviour it keeps when everything else is patched.
+
+A circuit is a set of edges (a bool [n_src, n_dst] mask). Evaluating it runs the clean prompts
+with every valid edge *outside* the circuit patched (``acd.patching.run_patched``) and compares
+the task metric M with the full model's (nothing patched) and the empty circuit's (every valid
+edge patched):
+
+    faithfulness f = (M(C) - M(empty)) / (M(full) - M(empty))
+
+reported as the ratio of the means over prompts (the standard definition: one number, stable),
+and per prompt, with its spread (mean, std, median, 5th and 95th percentiles), because a mean
+can hide prompts the circuit fails on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from acd.metrics import get_metric, kl_divergence
+from acd.patching import ABLATIONS, mean_sources, patch_values, run_patched
+
+if TYPE_CHECKING:
+    from acd.graph import ComputeGraph
+    from acd.models.load import ModelAdapter
+    from acd.tasks import PromptBatch
+
+# A prompt whose own gap |M(full) - M(empty)| is at most this fraction of the mean gap over the
+# prompts gets no per-prompt faithfulness (NaN): its ratio divides by almost nothing and would
+# swamp the spread statistics with arbitrarily large values. The ratio of means is unaffected.
+DEGENERATE_GAP_FRACTION = 0.01
+
+
+@dataclass
+class CircuitEvaluation:
+    """A circuit's metric on every prompt, next to the full model's and the empty circuit's.
+
+    Per-prompt tensors are [N] (CPU, float64). ``faithfulness`` is the ratio of means;
+    ``faithfulness_per_prompt`` is NaN for degenerate prompts (see DEGENERATE_GAP_FRACTION),
+    which the spread statistics leave out (``n_degenerate`` counts them). ``kl_to_full`` is
+    KL(full model || circuit) per prompt, at the scored positions.
+    """
+
+    metric: str
+    ablation: str
+    n_edges: int  # valid edges in the circuit
+    n_prompts: int
+    circuit: torch.Tensor
+    full: torch.Tensor
+    empty: torch.Tensor
+    kl_to_full: torch.Tensor
+    faithfulness: float
+    faithfulness_per_prompt: torch.Tensor
+    n_degenerate: int
+    faithfulness_mean: float
+    faithfulness_std: float
+    faithfulness_median: float
+    faithfulness_p05: float
+    faithfulness_p95: float
+
+    def summary(self) -> dict[str, float | int | str]:
+        """The scalar figures, JSON-ready (for a Circuit's metrics)."""
+        return {
+            "metric": self.metric,
+            "ablation": self.ablation,
+            "n_edges": self.n_edges,
+            "n_prompts": self.n_prompts,
+            "faithfulness": self.faithfulness,
+            "faithfulness_mean": self.faithfulness_mean,
+            "faithfulness_std": self.faithfulness_std,
+            "faithfulness_median": self.faithfulness_median,
+            "faithfulness_p05": self.faithfulness_p05,
+            "faithfulness_p95": self.faithfulness_p95,
+            "n_degenerate": self.n_degenerate,
+            "metric_circuit": float(self.circuit.mean()),
+            "metric_full": float(self.full.mean()),
+            "metric_empty": float(self.empty.mean()),
+            "kl_to_full": float(self.kl_to_full.mean()),
+        }
+
+
+def evaluate_circuit(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    circuit_mask: torch.Tensor,
+    *,
+    metric: str = "task",
+    ablation: str = "corrupted",
+    batch_size: int | None = None,
+) -> CircuitEvaluation:
+    """Evaluate one circuit on every prompt of ``batch``.
+
+    Args:
+        circuit_mask: [n_src, n_dst] bool, the edges kept clean; entries that are not valid
+            edges (``graph.valid``) are ignored. Every other valid edge is patched.
+        metric: "task" (the batch's own metric), or "logit_diff", "prob_diff", "logprob", "kl"
+            (KL(full model || run), so M(full) = 0).
+        ablation: what patched edges carry: "corrupted" (the corrupted prompts' sources),
+            "zero", or "mean" (per-position mean of the clean sources over all of ``batch``).
+        batch_size: prompts per forward pass (default: all at once).
+    """
+    return evaluate_circuits(
+        model,
+        graph,
+        batch,
+        circuit_mask.unsqueeze(0),
+        metric=metric,
+        ablation=ablation,
+        batch_size=batch_size,
+    )[0]
+
+
+def evaluate_circuits(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    circuit_masks: torch.Tensor,
+    *,
+    metric: str = "task",
+    ablation: str = "corrupted",
+    batch_size: int | None = None,
+) -> list[CircuitEvaluation]:
+    """Evaluate several circuits ([k, n_src, n_dst] bool) sharing the reference runs.
+
+    Per batch of prompts: one corrupted forward (patch values, for "corrupted"), one clean
+    forward (the full model), one patched forward for the empty circuit, and one per circuit.
+    A circuit holding every valid edge reuses the full model's logits and one holding none the
+    empty circuit's, so their faithfulness is exactly 1 and 0.
+    """
+    if circuit_masks.dim() != 3 or circuit_masks.shape[1:] != (graph.n_src, graph.n_dst):
+        raise ValueError(
+            f"circuit masks have shape {tuple(circuit_masks.shape)}; expected "
+            f"(k, {graph.n_src}, {graph.n_dst})"
+        )
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    valid = graph.valid
+    kept = circuit_masks.bool().cpu() & valid  # [k, n_src, n_dst]
+    metric_name = batch.metric if metric == "task" else metric
+    means = mean_sources(model, graph, batch, batch_size=batch_size) if ablation == "mean" else None
+
+    per_circuit: list[list[torch.Tensor]] = [[] for _ in kept]
+    per_circuit_kl: list[list[torch.Tensor]] = [[] for _ in kept]
+    full_parts, empty_parts = [], []
+    for chunk in batch.split(batch_size or len(batch)):
+        chunk = chunk.to(model.device)
+        patch = patch_values(model, graph, chunk, ablation, means=means)
+        with torch.no_grad():
+            full_logits = model.bridge(chunk.clean)
+        empty_logits = run_patched(model, graph, chunk.clean, valid, patch)
+        score = _metric_fn(metric_name, full_logits, chunk)
+        full_parts.append(score(full_logits))
+        empty_parts.append(score(empty_logits))
+        for i, circuit in enumerate(kept):
+            if bool(circuit.eq(valid).all()):  # nothing to patch: the full model
+                logits = full_logits
+            elif not bool(circuit.any()):  # everything patched: the empty circuit
+                logits = empty_logits
+            else:
+                logits = run_patched(model, graph, chunk.clean, valid & ~circuit, patch)
+            per_circuit[i].append(score(logits))
+            per_circuit_kl[i].append(kl_divergence(logits, full_logits, chunk))
+
+    full, empty = _gather(full_parts), _gather(empty_parts)
+    return [
+        _evaluation(
+            metric_name,
+            ablation,
+            int(circuit.sum()),
+            _gather(parts),
+            full,
+            empty,
+            _gather(kl_parts),
+        )
+        for circuit, parts, kl_parts in zip(kept, per_circuit, per_circuit_kl)
+    ]
+
+
+def faithfulness_per_prompt(
+    circuit: torch.Tensor, full: torch.Tensor, empty: torch.Tensor
+) -> torch.Tensor:
+    """(M(C) - M(empty)) / (M(full) - M(empty)) per prompt: [N], NaN where degenerate.
+
+    A prompt is degenerate when |M(full) - M(empty)| <= DEGENERATE_GAP_FRACTION times the
+    mean of that gap over the prompts (or is exactly 0).
+    """
+    gap = full - empty
+    floor = DEGENERATE_GAP_FRACTION * gap.abs().mean()
+    degenerate = (gap.abs() <= floor) | (gap == 0)
+    ratio = (circuit - empty) / torch.where(degenerate, torch.ones_like(gap), gap)
+    return torch.where(degenerate, torch.full_like(gap, math.nan), ratio)
+
+
+def faithfulness_of_means(circuit: torch.Tensor, full: torch.Tensor, empty: torch.Tensor) -> float:
+    """(mean M(C) - mean M(empty)) / (mean M(full) - mean M(empty)); NaN if the gap is 0."""
+    gap = float(full.mean() - empty.mean())
+    return float(circuit.mean() - empty.mean()) / gap if gap != 0 else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _metric_fn(name: str, full_logits: torch.Tensor, chunk: PromptBatch):
+    """logits [n, pos, vocab] -> [n]; "kl" measures against the full model's logits."""
+    fn = get_metric(name, reference_logits=full_logits if name == "kl" else None)
+    return lambda logits: fn(logits, chunk).detach()
+
+
+def _gather(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts).to("cpu", torch.float64)
+
+
+def _evaluation(
+    metric: str,
+    ablation: str,
+    n_edges: int,
+    circuit: torch.Tensor,
+    full: torch.Tensor,
+    empty: torch.Tensor,
+    kl_to_full: torch.Tensor,
+) -> CircuitEvaluation:
+    per_prompt = faithfulness_per_prompt(circuit, full, empty)
+    finite = per_prompt[~per_prompt.isnan()]
+    stats = _spread(finite)
+    return CircuitEvaluation(
+        metric=metric,
+        ablation=ablation,
+        n_edges=n_edges,
+        n_prompts=len(circuit),
+        circuit=circuit,
+        full=full,
+        empty=empty,
+        kl_to_full=kl_to_full,
+        faithfulness=faithfulness_of_means(circuit, full, empty),
+        faithfulness_per_prompt=per_prompt,
+        n_degenerate=int(per_prompt.isnan().sum()),
+        faithfulness_mean=stats["mean"],
+        faithfulness_std=stats["std"],
+        faithfulness_median=stats["median"],
+        faithfulness_p05=stats["p05"],
+        faithfulness_p95=stats["p95"],
+    )
+
+
+def _spread(values: torch.Tensor) -> dict[str, float]:
+    """Mean, std (population), median (linear interpolation) and 5th/95th percentiles."""
+    if values.numel() == 0:
+        return dict.fromkeys(("mean", "std", "median", "p05", "p95"), math.nan)
+    q = torch.quantile(values, torch.tensor([0.5, 0.05, 0.95], dtype=values.dtype))
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(unbiased=False)),
+        "median": float(q[0]),
+        "p05": float(q[1]),
+        "p95": float(q[2]),
+    }

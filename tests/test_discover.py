@@ -1,0 +1,74 @@
+"""The public API end to end: acd.discover on the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import acd
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return acd.load_model("toy", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ioi_circuit(toy):
+    return acd.discover("ioi", toy, method="eap", edges=40, prompts=16, seed=0, progress=False)
+
+
+def test_discover_fills_the_documented_fields(ioi_circuit, toy):
+    c = ioi_circuit
+    graph = acd.ComputeGraph.from_model(toy)
+    assert (c.task, c.model, c.method, c.seed) == ("ioi", "toy", "eap", 0)
+    assert len(c.edges) == c.n_edges == 40
+    assert len(c.edge_scores) == graph.n_edges == 479  # 4 layers x 4 heads with MLPs
+    assert all(edge in c.edge_scores for edge in c.edges)
+    assert 0.0 < c.metrics["faithfulness"] <= 1.5
+    for key in ["faithfulness_std", "faithfulness_p05", "faithfulness_p95", "metric_full"]:
+        assert key in c.metrics
+    assert c.params["edges"] == 40 and c.params["prompts"] == 16
+
+
+def test_kept_edges_are_the_top_scores_by_magnitude(ioi_circuit):
+    scores = ioi_circuit.edge_scores
+    kept = {abs(scores[e]) for e in ioi_circuit.edges}
+    dropped = [abs(v) for e, v in scores.items() if e not in set(ioi_circuit.edges)]
+    assert min(kept) >= max(dropped)
+
+
+def test_scores_are_the_attribution_scores(ioi_circuit, toy):
+    """discover's scores are exactly what acd.attribute gives on the same prompts."""
+    graph = acd.ComputeGraph.from_model(toy)
+    batch = acd.load_task("ioi").make_batch(toy.tokenizer, 16, seed=0)
+    scores = acd.attribute(toy, graph, batch, "eap", progress=False)
+    torch.testing.assert_close(ioi_circuit.scores, scores * graph.valid, atol=0, rtol=0)
+
+
+def test_the_whole_graph_is_fully_faithful_and_the_empty_one_not_at_all(toy):
+    graph = acd.ComputeGraph.from_model(toy)
+    full = acd.discover("greater-than", toy, edges=graph.n_edges, prompts=8, progress=False)
+    empty = acd.discover("greater-than", toy, edges=0, prompts=8, progress=False)
+    assert full.metrics["faithfulness"] == pytest.approx(1.0, abs=1e-6)
+    assert empty.metrics["faithfulness"] == pytest.approx(0.0, abs=1e-6)
+    assert full.metrics["kl_to_full"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_same_seed_same_circuit(toy):
+    a = acd.discover("induction", toy, edges=20, prompts=6, seed=3, progress=False)
+    b = acd.discover("induction", toy, edges=20, prompts=6, seed=3, progress=False)
+    assert a.edges == b.edges and torch.equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "magic"}, "unknown method 'magic'"),
+        ({"edges": 10_000}, "cannot keep 10000 edges"),
+        ({"prompts": 0}, "prompts must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(toy, kwargs, message):
+    with pytest.raises(acd.AcdError, match=message):
+        acd.discover("ioi", toy, **{"progress": False, "prompts": 4, **kwargs})
