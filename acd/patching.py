@@ -165,6 +165,10 @@ class _HookedRun:
                 capture_grads or self.mask.requires_grad or self.patch.requires_grad
             )
             self.diff = None if self.differentiable else torch.empty(self.shape, **_like(model))
+            # Running sums of patch - current over the sources recorded so far, at every source
+            # hook boundary: [batch, pos, d_model] each. With them a destination that patches
+            # most of its sources costs only the few it keeps (see ``_correction``).
+            self.diff_sums = {0: torch.zeros(batch, pos, self.shape[3], **_like(model))}
             self.diff_chunks: list[torch.Tensor] = []
             self.diff_prefix: torch.Tensor | None = None  # the chunks' concatenation, cached
             self.n_recorded = 0  # sources recorded so far
@@ -224,7 +228,9 @@ class _HookedRun:
         if self.differentiable:
             self.diff_chunks.append(patch - z)
         else:
-            torch.sub(patch, z, out=self.diff[:, :, slot.start : slot.stop])
+            diff = self.diff[:, :, slot.start : slot.stop]
+            torch.sub(patch, z, out=diff)
+            self.diff_sums[slot.stop] = self.diff_sums[slot.start] + diff.sum(dim=2)
         self.n_recorded = slot.stop
 
     def _diff_before(self, n_before: int) -> torch.Tensor:
@@ -256,9 +262,35 @@ class _HookedRun:
         diff = self._diff_before(slot.n_before)
         mask_t = self.mask[..., : slot.n_before, slot.start : slot.stop].transpose(-1, -2)
         if mask_t.dim() == 3:  # a mask per batch row: [batch, 1, width, n_before]
-            mask_t = mask_t.unsqueeze(1)
-        out = torch.matmul(mask_t, diff)
+            out = torch.matmul(mask_t.unsqueeze(1), diff)
+        elif self.differentiable:
+            out = torch.matmul(mask_t, diff)
+        else:
+            out = self._sparse_correction(mask_t, diff, slot.n_before)
         return out if slot.per_head else out.squeeze(2)
+
+    def _sparse_correction(
+        self, mask_t: torch.Tensor, diff: torch.Tensor, n_before: int
+    ) -> torch.Tensor:
+        """``mask_t @ diff`` reading only the sources that matter: [batch, pos, width, d_model].
+
+        A circuit keeps few edges, so evaluating it patches almost every edge: then
+        sum_u m_uv diff_u = sum_u diff_u - sum_u (1 - m_uv) diff_u, where the first sum is the
+        running total and the second reads only sources with a kept edge into the slot. A
+        search that patches few edges reads only the patched sources directly. Either way the
+        cost follows the smaller set instead of all n_before sources.
+
+        Args: mask_t [width, n_before] (values in [0, 1]), diff [batch, pos, n_before, d_model].
+        """
+        patched = mask_t.ne(0).any(dim=0).nonzero().flatten()
+        kept = mask_t.ne(1).any(dim=0).nonzero().flatten()
+        if 2 * min(len(patched), len(kept)) > n_before:
+            # Gathering most sources would copy diff for nothing: the plain product is cheaper.
+            return torch.matmul(mask_t, diff)
+        if len(patched) <= len(kept):
+            return torch.matmul(mask_t[:, patched], diff[:, :, patched])
+        total = self.diff_sums[n_before].unsqueeze(2)  # [batch, pos, 1, d_model]
+        return total - torch.matmul(1 - mask_t[:, kept], diff[:, :, kept])
 
     # --- running -------------------------------------------------------------------------
 

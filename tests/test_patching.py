@@ -308,6 +308,21 @@ def test_a_mask_per_batch_row_equals_separate_runs(tiny, kind):
         assert (logits[row : row + 1] - alone).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("kind", TINY_KINDS)
+@pytest.mark.parametrize("density", [0.02, 0.5, 0.98])
+def test_sparse_and_complement_corrections_equal_the_dense_one(tiny, kind, density):
+    """A plain mask reads only the patched (or only the kept) sources of each destination; a
+    mask that needs gradients takes the dense product over every source. Both must agree."""
+    model, graph = tiny[kind]
+    clean, corrupted = random_tokens(21), random_tokens(22)
+    patch = collect_sources(model, graph, corrupted)
+    generator = torch.Generator().manual_seed(23)
+    mask = (torch.rand(graph.n_src, graph.n_dst, generator=generator) < density).float()
+    sparse = run_patched(model, graph, clean, mask, patch)
+    dense = run_patched(model, graph, clean, mask.clone().requires_grad_(), patch).detach()
+    assert (sparse - dense).abs().max() <= TOL
+
+
 def test_patch_sources_broadcast_over_the_batch(tiny):
     model, graph = tiny["gpt2"]
     tokens = random_tokens(12)
