@@ -11,6 +11,7 @@ import random
 
 import pytest
 import torch
+from hand_hooks import destination_point
 
 import acd
 from acd.attribution import METHODS, AttributionError, attribute, node_scores
@@ -129,19 +130,6 @@ def source_outputs(model, graph, tokens):
     with torch.no_grad():
         model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     return record
-
-
-def destination_point(model, port):
-    """(hook name, index along the head axis or None) where destination ``port`` reads."""
-    if port.kind == "q":
-        return model.hook_q_input(port.layer), port.index
-    if port.kind == "k":
-        return model.hook_k_input(port.layer), port.index
-    if port.kind == "v":
-        return model.hook_v_input(port.layer), port.index
-    if port.kind == "mlp":
-        return model.hook_mlp_in(port.layer), None
-    return model.hook_final_resid(), None
 
 
 def source_point(model, graph, u):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hand_hooks import destination_point
 
 from acd.graph import ComputeGraph
 from acd.metrics import get_metric, kl_divergence
@@ -100,23 +101,9 @@ def cached_sources(model, graph: ComputeGraph, tokens: torch.Tensor) -> list[tor
     return out
 
 
-def destination_site(model, graph: ComputeGraph, dst: int) -> tuple[str, int | None]:
-    """(hook name, index into its head/group dim or None) where destination ``dst`` reads."""
-    port = graph.destinations[dst]
-    if port.kind == "q":
-        return model.hook_q_input(port.layer), port.index
-    if port.kind == "k":
-        return model.hook_k_input(port.layer), port.index
-    if port.kind == "v":
-        return model.hook_v_input(port.layer), port.index
-    if port.kind == "mlp":
-        return model.hook_mlp_in(port.layer), None
-    return model.hook_final_resid(), None
-
-
 def run_adding(model, graph, tokens, dst: int, delta: torch.Tensor) -> torch.Tensor:
     """Logits of a run where destination ``dst``'s input gets ``delta`` [batch, pos, d] added."""
-    name, index = destination_site(model, graph, dst)
+    name, index = destination_point(model, graph.destinations[dst])
 
     def hook(x, hook):
         x = x.clone()
@@ -271,7 +258,7 @@ def test_zero_ablating_all_but_one_edge_into_a_port(tiny, kind):
     layer = graph.n_layers - 1
     for dst in (graph.dst_q(layer, 2), graph.dst_k(layer, 0), graph.dst_logits()):
         kept = int(graph.valid[:, dst].nonzero()[-1])
-        name, index = destination_site(model, graph, dst)
+        name, index = destination_point(model, graph.destinations[dst])
         port_layer = graph.destinations[dst].layer
         before = range(graph.n_layers if port_layer is None else port_layer)
         value = cached_sources(model, graph, tokens)[kept] + sum(
