@@ -58,8 +58,6 @@ def discover(
     """
     if method not in METHODS:
         raise AcdError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if prompts < 1:
-        raise AcdError(f"prompts must be at least 1, got {prompts}")
     start = time.perf_counter()
     if not isinstance(model, ModelAdapter):
         model = load_model(model, device=device, dtype=dtype)
