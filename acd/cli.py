@@ -40,7 +40,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             )
         )
     print(_table(rows))
-    print("\nAny local Hugging Face model directory also works: acd ... --model /path/to/dir")
+    print("\nA local Hugging Face model directory works wherever a name does: acd check-model DIR")
     return 0
 
 
