@@ -1,14 +1,25 @@
 """Selecting a circuit from edge scores.
 
-This module turns scores into a kept-edge mask. Top-n is here; threshold, greedy and ACDC
-search join it (each a named entry of ``SELECTIONS``).
+This module turns scores into a kept-edge mask: top-n, threshold and greedy selection (each a
+named entry of ``SELECTIONS``), and ``prune_dangling``, which drops the kept edges that lie on no
+input -> logits path.
+
+Greedy selection and pruning work on nodes, not ports: a port a{l}.h{h}<q> belongs to head
+a{l}.h{h}, and a grouped-query key/value port a{l}.g{g}<k> belongs to every query head of group g
+(patching it changes all of them). Node ids below are source indices, with ``graph.n_src``
+standing for ``logits``; sources are in forward order, so every valid edge goes from a smaller id
+to larger ones.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
+
 import torch
 
 from acd.errors import AcdError
+from acd.graph import ComputeGraph
 
 
 def select_topn(
@@ -32,4 +43,129 @@ def select_topn(
     return mask.view_as(valid)
 
 
-SELECTIONS = {"topn": select_topn}
+def select_threshold(
+    scores: torch.Tensor, valid: torch.Tensor, threshold: float, *, absolute: bool = True
+) -> torch.Tensor:
+    """The valid edges whose score (|score| when ``absolute``) is at least ``threshold``.
+
+    Args: scores [n_src, n_dst], valid [n_src, n_dst] bool. Returns [n_src, n_dst] bool (CPU).
+    """
+    threshold = float(threshold)
+    if math.isnan(threshold):
+        raise AcdError("the threshold is NaN: give a number")
+    if absolute and threshold < 0:
+        raise AcdError(
+            f"threshold {threshold} is negative but scores are compared by |score|: "
+            "every edge would pass; give a threshold >= 0 (or compare signed scores)"
+        )
+    if scores.shape != valid.shape:
+        raise AcdError(f"scores have shape {tuple(scores.shape)}, the graph {tuple(valid.shape)}")
+    key = (scores.abs() if absolute else scores).detach().float().cpu()
+    return valid.cpu() & (key >= threshold)
+
+
+def select_greedy(
+    scores: torch.Tensor, graph: ComputeGraph, n: int, *, absolute: bool = True
+) -> torch.Tensor:
+    """``n`` edges grown backwards from the logits, best score first.
+
+    The reachable nodes start as {logits}. Each step adds the best-scoring valid edge (by |score|
+    when ``absolute``; ties by edge index, NaN scores last) whose destination port belongs to a
+    reachable node (for a key/value group port: to any reachable head of the group); adding
+    u -> v makes u reachable. Stops after ``n`` edges or when no candidate is left.
+
+    Args: scores [n_src, n_dst]. Returns [n_src, n_dst] bool (CPU).
+    """
+    valid = graph.valid
+    n_valid = int(valid.sum())
+    if not 0 <= n <= n_valid:
+        raise AcdError(f"cannot keep {n} edges: the graph has {n_valid} (choose 0..{n_valid})")
+    if scores.shape != valid.shape:
+        raise AcdError(f"scores have shape {tuple(scores.shape)}, the graph {tuple(valid.shape)}")
+    key = (scores.abs() if absolute else scores).detach().float().cpu()
+    key = torch.nan_to_num(key, nan=float("-inf")).tolist()
+    valid_rows = [row.nonzero().flatten().tolist() for row in valid.t()]  # sources of each port
+    node_ports = _node_ports(graph)
+    n_dst = graph.n_dst
+
+    mask = torch.zeros(graph.n_src, n_dst, dtype=torch.bool)
+    port_open = [False] * n_dst
+    reachable = [False] * (graph.n_src + 1)
+    heap: list[tuple[float, int, int, int]] = []  # (-key, edge index, source, port)
+
+    def reach(node: int) -> None:
+        reachable[node] = True
+        for j in node_ports[node]:
+            if not port_open[j]:
+                port_open[j] = True
+                for i in valid_rows[j]:
+                    heap.append((-key[i][j], i * n_dst + j, i, j))
+        heapq.heapify(heap)  # linear; called at most once per node
+
+    reach(graph.n_src)  # logits
+    kept = 0
+    while kept < n and heap:
+        _, _, i, j = heapq.heappop(heap)
+        mask[i, j] = True
+        kept += 1
+        if not reachable[i]:
+            reach(i)
+    return mask
+
+
+def prune_dangling(mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
+    """``mask`` without the kept edges that lie on no input -> logits path of kept edges.
+
+    A kept edge u -> v survives when u is reachable from ``input`` through kept edges and v's
+    node reaches ``logits`` through kept edges (a key/value group port counts as an input of
+    every head of its group). Computed with one forward and one backward pass in index order;
+    pruning twice changes nothing.
+
+    Args: mask [n_src, n_dst] bool. Returns [n_src, n_dst] bool, on ``mask``'s device.
+    """
+    if mask.shape != (graph.n_src, graph.n_dst):
+        raise AcdError(
+            f"mask has shape {tuple(mask.shape)}, expected ({graph.n_src}, {graph.n_dst})"
+        )
+    kept = mask.detach().bool().cpu() & graph.valid
+    node_ports = _node_ports(graph)
+
+    # Forward: a node is reachable when a kept edge from a reachable source feeds one of its
+    # ports. Its sources all have smaller indices, so they are final when it is visited.
+    from_input = torch.zeros(graph.n_src, dtype=torch.bool)
+    from_input[graph.src_input()] = True
+    for u in range(1, graph.n_src):
+        ports = node_ports[u]
+        if ports:
+            from_input[u] = bool(kept[:, ports][from_input].any())
+
+    # Backward: a port is live when one of its nodes reaches logits; a source reaches logits
+    # when a kept edge leaves it for a live port. Its consumers all have larger indices.
+    live = torch.zeros(graph.n_dst, dtype=torch.bool)
+    live[graph.dst_logits()] = True
+    for u in range(graph.n_src - 1, -1, -1):
+        if bool((kept[u] & live).any()):
+            live[node_ports[u]] = True
+
+    pruned = kept & from_input[:, None] & live[None, :]
+    return pruned.to(mask.device)
+
+
+def _node_ports(graph: ComputeGraph) -> list[list[int]]:
+    """The destination ports of each node id: source indices, then ``n_src`` for logits."""
+    ports: list[list[int]] = [[] for _ in range(graph.n_src + 1)]
+    per_group = graph.n_heads // graph.n_kv_heads
+    for j, port in enumerate(graph.destinations):
+        if port.kind == "q":
+            ports[graph.src_head(port.layer, port.index)].append(j)
+        elif port.kind in ("k", "v"):
+            for h in range(port.index * per_group, (port.index + 1) * per_group):
+                ports[graph.src_head(port.layer, h)].append(j)
+        elif port.kind == "mlp":
+            ports[graph.src_mlp(port.layer)].append(j)
+        else:  # logits
+            ports[graph.n_src].append(j)
+    return ports
+
+
+SELECTIONS = {"topn": select_topn, "threshold": select_threshold, "greedy": select_greedy}
