@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import acd
+from acd.search import prune_dangling
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,9 @@ def toy():
 
 @pytest.fixture(scope="module")
 def ioi_circuit(toy):
-    return acd.discover("ioi", toy, method="eap", edges=40, prompts=16, seed=0, progress=False)
+    return acd.discover(
+        "ioi", toy, method="eap", edges=40, prompts=16, seed=0, prune=False, progress=False
+    )
 
 
 def test_discover_fills_the_documented_fields(ioi_circuit, toy):
@@ -36,6 +39,31 @@ def test_kept_edges_are_the_top_scores_by_magnitude(ioi_circuit):
     kept = {abs(scores[e]) for e in ioi_circuit.edges}
     dropped = [abs(v) for e, v in scores.items() if e not in set(ioi_circuit.edges)]
     assert min(kept) >= max(dropped)
+
+
+def test_pruning_drops_exactly_the_selected_edges_off_every_input_logits_path(toy):
+    graph = acd.ComputeGraph.from_model(toy)
+    kwargs = {"method": "eap", "edges": 40, "prompts": 16, "seed": 0, "progress": False}
+    whole = acd.discover("ioi", toy, prune=False, **kwargs)
+    pruned = acd.discover("ioi", toy, **kwargs)  # prune=True is the default
+    assert pruned.metrics["n_selected"] == whole.n_edges == 40
+    assert torch.equal(pruned.mask, prune_dangling(whole.mask, graph))
+    assert pruned.n_edges < 40  # EAP's top edges include some that feed nothing that matters
+    # Dropping them cannot change the output: same circuit metric, to float precision.
+    assert pruned.metrics["metric_circuit"] == pytest.approx(
+        whole.metrics["metric_circuit"], abs=1e-5
+    )
+
+
+def test_greedy_and_threshold_selections(toy):
+    kwargs = {"prompts": 8, "seed": 0, "progress": False, "prune": False}
+    greedy = acd.discover("ioi", toy, selection="greedy", edges=15, **kwargs)
+    assert greedy.n_edges == 15 and greedy.params["selection"] == "greedy"
+    assert any(dst == "logits" for _, dst in greedy.edges)  # grown from the logits
+    scores = greedy.scores.abs()
+    cut = float(scores.flatten().sort(descending=True).values[9])  # the 10th largest |score|
+    by_threshold = acd.discover("ioi", toy, selection="threshold", threshold=cut, **kwargs)
+    assert by_threshold.n_edges == 10 and by_threshold.params["threshold"] == cut
 
 
 def test_scores_are_the_attribution_scores(ioi_circuit, toy):
@@ -67,6 +95,8 @@ def test_same_seed_same_circuit(toy):
         ({"method": "magic"}, "unknown method 'magic'"),
         ({"edges": 10_000}, "cannot keep 10000 edges"),
         ({"prompts": 0}, "prompts must be at least 1"),
+        ({"selection": "best"}, "unknown selection 'best'"),
+        ({"selection": "threshold"}, "needs threshold="),
     ],
 )
 def test_bad_arguments_are_one_line_errors(toy, kwargs, message):
