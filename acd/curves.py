@@ -44,8 +44,11 @@ curve point equals ``evaluate_circuit`` on that mask.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -267,3 +270,131 @@ def _check_percents(percents: Sequence[float]) -> None:
             raise AcdError(f"percentage {p} is outside 0 .. 100")
     if any(b <= a for a, b in zip(percents, percents[1:])):
         raise AcdError(f"percentages must increase strictly: {list(percents)}")
+
+
+def plot_faithfulness(
+    curves: dict[str, FaithfulnessCurve], out: str | Path, *, title: str = ""
+) -> list[Path]:
+    """Chart faithfulness against the number of edges kept, one line per method.
+
+    Writes ``<out>.png`` and ``<out>.svg`` (``out`` is a path stem; missing parent directories
+    are created) and returns those two paths. The x axis is the number of edges kept, on a log
+    scale; the y axis is the faithfulness f (ratio of means, ``FaithfulnessCurve.faithfulness``).
+    Each method (a key of ``curves``, shown in the legend) gets a line with a marker per point
+    and a light band from its 5th to its 95th per-prompt percentile; a dashed line marks f = 1
+    (the full model).
+
+    Points that keep 0 edges (the empty circuit, or a small percentage of a small graph floored
+    to nothing, see ``edge_counts``) cannot sit on a log axis: they are left out of the line and
+    the band. A NaN value (e.g. percentiles of a curve whose prompts are all degenerate) leaves
+    a gap. The x label gives the number of valid edges when the curves reach 100 %.
+
+    Both files are written atomically: each is rendered to a temporary file in the target
+    directory and moved into place with ``os.replace`` only once both rendered, so a failure
+    leaves neither a partial file nor a temporary one. The figure is built with matplotlib's
+    object API on the Agg canvas (no pyplot state) and freed before returning.
+
+    Raises:
+        AcdError: no curves, a name that is not a non-empty string, a curve whose fields
+            disagree in length, or a curve with no point that keeps at least one edge.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    if not curves:
+        raise AcdError("plot_faithfulness needs at least one curve; got an empty mapping")
+    series = []
+    for name, curve in curves.items():
+        if not isinstance(name, str) or not name.strip():
+            raise AcdError(f"curve names must be non-empty strings; got {name!r}")
+        n = len(curve.percents)
+        lengths = {
+            len(curve.n_edges),
+            len(curve.faithfulness),
+            len(curve.faithfulness_p05),
+            len(curve.faithfulness_p95),
+        }
+        if lengths != {n}:
+            raise AcdError(
+                f"curve {name!r}: percents, n_edges, faithfulness and its percentiles "
+                "differ in length"
+            )
+        keep = [i for i in range(n) if curve.n_edges[i] > 0]
+        if not keep:
+            raise AcdError(f"curve {name!r} has no point that keeps an edge: nothing to plot")
+        series.append(
+            (
+                name,
+                [curve.n_edges[i] for i in keep],
+                [float(curve.faithfulness[i]) for i in keep],
+                [float(curve.faithfulness_p05[i]) for i in keep],
+                [float(curve.faithfulness_p95[i]) for i in keep],
+            )
+        )
+
+    totals = sorted(
+        {
+            c.n_edges[i]
+            for c in curves.values()
+            for i, p in enumerate(c.percents)
+            if p == 100 and i < len(c.n_edges)
+        }
+    )
+    if totals:
+        xlabel = f"edges kept (of {', '.join(f'{t:,}' for t in totals)})"
+    else:
+        xlabel = "edges kept (count)"
+
+    stem = Path(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    targets = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
+
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    temps: list[Path] = []
+    try:
+        ax = fig.add_subplot()
+        handles = []
+        for _name, xs, ys, lo, hi in series:
+            (line,) = ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.6)
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+            handles.append(line)
+        ax.axhline(1.0, color="0.35", linestyle="--", linewidth=1.0, zorder=0)
+        ax.set_xscale("log")
+        # Plain counts ("10", "100") rather than powers of ten.
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("faithfulness (1 = full model)")
+        ax.grid(True, which="major", alpha=0.3)
+        # Explicit labels: matplotlib would otherwise hide names starting with "_"; "$" would
+        # start mathtext.
+        labels = [name.replace("$", r"\$") for name, *_ in series]
+        ax.legend(handles, labels, title="method", loc="best", fontsize="small")
+        if title:
+            ax.set_title(title.replace("$", r"\$"))
+
+        for target in targets:
+            fd, tmp_name = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+            )
+            os.close(fd)
+            temps.append(Path(tmp_name))
+            fmt = target.suffix[1:]
+            # SVG text stays text (searchable, scalable) instead of glyph outlines.
+            with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "acd"}):
+                canvas.print_figure(
+                    tmp_name,
+                    format=fmt,
+                    dpi=150,
+                    metadata={"Date": None} if fmt == "svg" else None,
+                )
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+        temps.clear()
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        fig.clear()
+    return targets
