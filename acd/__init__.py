@@ -13,7 +13,7 @@ from acd.attribution import attribute, node_scores
 from acd.circuit import Circuit
 from acd.discover import discover
 from acd.errors import AcdError, TaskError
-from acd.evaluate import CircuitEvaluation, evaluate_circuit
+from acd.evaluate import CircuitEvaluation, Comparison, compare, evaluate_circuit
 from acd.graph import ComputeGraph
 from acd.models import ModelAdapter, list_models, load_model
 from acd.tasks import PromptBatch, PromptPair, Task, list_tasks, load_task
@@ -24,8 +24,10 @@ __all__ = [
     "AcdError",
     "Circuit",
     "CircuitEvaluation",
+    "Comparison",
     "ComputeGraph",
     "attribute",
+    "compare",
     "discover",
     "evaluate_circuit",
     "node_scores",
