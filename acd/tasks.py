@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import string
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -590,8 +591,6 @@ def _template_task(data: dict[str, Any], path: Path, common: dict[str, Any]) -> 
 
 def _check_template_names(task: TemplateTask, path: Path) -> None:
     """Every {name} in a template or answer must be a variable (caught at load, not mid-run)."""
-    import string
-
     texts = [t for pair in task.templates for t in pair] + task.answer + task.wrong
     for text in texts:
         for _, name, _, _ in string.Formatter().parse(text):

@@ -39,6 +39,7 @@ from acd.tasks import InductionTask, PromptBatch, Task, TemplateTask, load_task
 TRAIN_SEED_BASE = 1_000_000
 TASK_NAMES = ("ioi", "greater-than", "induction")
 SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<unk>")
+BOS_ID, PAD_ID = SPECIAL_TOKENS.index("<|endoftext|>"), SPECIAL_TOKENS.index("<pad>")
 
 # Words split on whitespace and punctuation; digit pairs split off so that "1732" is the two
 # tokens "17" "32", as GPT-2's BPE splits most years.
@@ -97,9 +98,9 @@ def build_config(vocab_size: int, args: argparse.Namespace) -> GPT2Config:
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
+        bos_token_id=BOS_ID,
+        eos_token_id=BOS_ID,
+        pad_token_id=PAD_ID,
     )
 
 
@@ -117,7 +118,8 @@ def training_sequences(
     padding and position 0).
     """
     n, width = batch.clean.shape
-    ids = torch.cat([batch.clean, torch.full((n, 1), 1)], dim=1)
+    # batch.clean is right-padded with PAD_ID; one more pad column makes room for the answer.
+    ids = torch.cat([batch.clean, torch.full((n, 1), PAD_ID)], dim=1)
     weights = torch.zeros(n, width + 1)
     for i in range(n):
         length = int(batch.lengths[i])
@@ -126,7 +128,6 @@ def training_sequences(
             choices = batch.correct[i][batch.correct_mask[i]].tolist()
             ids[i, length] = rng.choice(choices)
             weights[i, length] = answer_weight
-        ids[i, length + (batch.metric != "logprob") :] = 1  # pad
     return ids, weights
 
 
@@ -147,7 +148,7 @@ def mixed_batch(
         parts.append(training_sequences(batch, rng, answer_weight))
     width = max(ids.shape[1] for ids, _ in parts)
     ids = torch.cat(
-        [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=1) for i, _ in parts]
+        [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=PAD_ID) for i, _ in parts]
     )
     weights = torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for _, w in parts])
     return ids, weights
