@@ -8,12 +8,42 @@ by name.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from acd.graph import ComputeGraph
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import networkx as nx
+
+    from acd.export import SavedFiles
+
+# The packages whose versions a circuit records (see ``package_versions``).
+RECORDED_PACKAGES = ("acd", "torch", "transformer_lens", "transformers", "networkx")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on; a package not installed is
+    left out rather than recorded as unknown."""
+    versions = {"python": platform.python_version()}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO-8601 to the second, e.g. ``2026-01-31T12:00:00Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -28,6 +58,9 @@ class Circuit:
         task, model, method: names; ``params`` the selection and scoring arguments; ``seed``.
         metrics: measured on the prompts used (faithfulness mean and spread, metric values).
         node_scores: optional per-source-node scores, by node name.
+        model_sha256: sha256 of the model's weights (``acd.models.weights_sha256``), "" if unknown.
+        versions: Python and package versions when the circuit was made (``package_versions``).
+        created: when the circuit was made, UTC ISO-8601 (``utc_now``).
     """
 
     graph: ComputeGraph
@@ -40,6 +73,9 @@ class Circuit:
     seed: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     node_scores: dict[str, float] = field(default_factory=dict)
+    model_sha256: str = ""
+    versions: dict[str, str] = field(default_factory=package_versions)
+    created: str = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         shape = (self.graph.n_src, self.graph.n_dst)
@@ -49,7 +85,9 @@ class Circuit:
                 f"have the graph's shape {shape}"
             )
         self.mask = self.mask.detach().bool().cpu() & self.graph.valid
-        self.scores = self.scores.detach().float().cpu() * self.graph.valid
+        # where, not multiplication: x * 0 leaves -0.0 (and NaN) on invalid entries.
+        scores = self.scores.detach().float().cpu()
+        self.scores = torch.where(self.graph.valid, scores, torch.zeros((), dtype=scores.dtype))
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -74,6 +112,28 @@ class Circuit:
             self.graph.destinations[j].node for j in self.mask.any(dim=0).nonzero().flatten()
         }
         return [n for n in self.graph.nodes if n in used]
+
+    def save(
+        self, out_dir: str | Path, *, formats: tuple[str, ...] = ("svg",), max_edges: int = 300
+    ) -> SavedFiles:
+        """Write circuit.json, circuit.graphml, circuit.nodelink.json, summary.md, circuit.dot
+        and the diagram (``formats``: svg, png, pdf) into ``out_dir``; see
+        ``acd.export.save_circuit``. Returns the paths written and a note or None."""
+        from acd.export import save_circuit
+
+        return save_circuit(self, out_dir, formats=formats, max_edges=max_edges)
+
+    def summary_markdown(self) -> str:
+        """The summary.md text: what was run, size, faithfulness, time, top edges."""
+        from acd.export import summary_markdown
+
+        return summary_markdown(self)
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """The kept edges as a networkx MultiDiGraph (see ``acd.export.to_networkx``)."""
+        from acd.export import to_networkx  # acd.export imports this module
+
+        return to_networkx(self)
 
     def __repr__(self) -> str:
         f = self.metrics.get("faithfulness")
