@@ -29,10 +29,18 @@ reaches M only through its destinations' inputs, each with coefficient 1.
 EAP-IG's own code (hannamw/EAP-IG) has used both k = 1 .. m and, currently, k = 0 .. m - 1 (the
 corrupted end included, the clean end excluded); the two Riemann sums differ by
 (grad at clean - grad at corrupted) / m. acd uses k = 1 .. m.
+
+Scale. Scores are means over prompts, so in a torch.distributed process group
+(``acd.distributed``; every rank calls with the same arguments) each rank scores only its
+contiguous shard of the prompts, the partial sums are all-reduced and divided by the global
+prompt count: every rank returns the same scores as one process would. Without ``batch_size``
+the prompts are chunked so that one chunk's buffers fit in a fraction of the free memory
+(``auto_batch_size``); chunking never changes the scores.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -40,6 +48,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from acd.distributed import all_reduce_sum, is_main, shard_batch
 from acd.errors import AcdError
 from acd.metrics import TASK_METRICS, Metric, get_metric
 from acd.patching import (
@@ -62,6 +71,14 @@ METHODS = ("eap", "eap-ig", "exact")
 # (edge, prompt) variants one exact-scoring forward carries by default: large enough to keep
 # the matrix products efficient, small enough that a GPT-2-small forward stays well under 1 GB.
 VARIANTS_PER_FORWARD = 256
+
+# Default share of the free memory that one prompt chunk's buffers may use (auto_batch_size):
+# the estimate is rough, and the allocator fragments, so leave most of it free.
+MEMORY_FRACTION = 0.25
+
+# EAP's difference p_u - z_u^clean is formed this many bytes at a time (a block of sources), so
+# that a huge graph never needs a second copy of all its source outputs at once.
+DIFF_BLOCK_BYTES = 1 << 28
 
 
 class AttributionError(AcdError, ValueError):
@@ -99,9 +116,10 @@ def attribute(
         ablation: what a patched edge carries: ``corrupted`` (the corrupted prompt's source
             outputs), ``zero``, or ``mean`` (per-position means of the clean sources over all
             prompts of ``batch``).
-        batch_size: prompts per forward pass (default: all); does not change the scores.
+        batch_size: prompts per forward pass; does not change the scores. Default: as many
+            as fit in MEMORY_FRACTION of the free memory (``auto_batch_size``).
         ig_steps: m, the number of interpolation points of ``eap-ig``.
-        progress: show a progress bar.
+        progress: show a progress bar (on rank 0 only).
         edge_mask: [n_src, n_dst] bool; score only these edges (the others are 0). For
             ``exact`` this is what the cost scales with.
         variants_per_forward: ``exact`` only: how many (edge, prompt) variants one forward
@@ -109,24 +127,27 @@ def attribute(
 
     Returns: scores [n_src, n_dst] on the CPU (float32; float64 for a float64 model), zero on
     invalid edges: the mean over prompts of the estimated (eap, eap-ig) or measured (exact)
-    M(clean with u -> v patched) - M(clean).
+    M(clean with u -> v patched) - M(clean). In a process group: the same on every rank
+    (module docstring, "Scale").
     """
     _check_arguments(method, ablation, batch_size, ig_steps, variants_per_forward, batch)
     metric = _resolve_metric(metric, batch)
     keep = graph.valid if edge_mask is None else _check_edge_mask(edge_mask, graph)
     means = _means(model, graph, batch, ablation, batch_size)
-    chunks = batch.split(batch_size or len(batch))
+    chunks = _local_chunks(model, graph, batch, method, batch_size, ig_steps)
+    progress = progress and is_main()
     if method == "exact":
         variants = _edge_variants(graph, keep)
         effects = _exact_effects(
             model, graph, chunks, metric, ablation, means, variants, variants_per_forward, progress
         )
         scores = torch.zeros(graph.n_src, graph.n_dst, dtype=effects.dtype)
-        scores[variants.src, variants.dst] = effects
+        scores[variants.src, variants.dst] = all_reduce_sum(effects)
     else:
         scores = _gradient_scores(
             model, graph, chunks, metric, ablation, means, method, ig_steps, progress
         )
+        scores = all_reduce_sum(scores)
     return torch.where(keep, scores / len(batch), torch.zeros((), dtype=scores.dtype))
 
 
@@ -169,12 +190,20 @@ def node_scores(
         return edges.sum(dim=1)
     metric = _resolve_metric(metric, batch)
     means = _means(model, graph, batch, ablation, batch_size)
-    chunks = batch.split(batch_size or len(batch))
+    chunks = _local_chunks(model, graph, batch, method, batch_size, ig_steps)
     variants = _node_variants(graph)
     effects = _exact_effects(
-        model, graph, chunks, metric, ablation, means, variants, variants_per_forward, progress
+        model,
+        graph,
+        chunks,
+        metric,
+        ablation,
+        means,
+        variants,
+        variants_per_forward,
+        progress and is_main(),
     )
-    return effects / len(batch)
+    return all_reduce_sum(effects) / len(batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +270,111 @@ def _accumulator_dtype(model: ModelAdapter) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------
+# Prompt chunks and memory
+
+
+def _local_chunks(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    method: str,
+    batch_size: int | None,
+    ig_steps: int,
+) -> list[PromptBatch]:
+    """This rank's shard of ``batch`` (all of it in one process), in chunks of ``batch_size``
+    prompts or of ``auto_batch_size``'s choice; none for a rank without prompts."""
+    local = shard_batch(batch)
+    if len(local) == 0:
+        return []
+    size = batch_size or auto_batch_size(model, graph, local, method, ig_steps=ig_steps)
+    return local.split(size)
+
+
+def auto_batch_size(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    method: str,
+    *,
+    ig_steps: int = 5,
+    fraction: float = MEMORY_FRACTION,
+) -> int:
+    """The most prompts of ``batch`` (at least 1) whose scoring buffers fit in ``fraction`` of
+    the free memory of the model's device (``free_memory_bytes``); all of them when the free
+    memory cannot be read.
+
+    The estimate (``bytes_per_prompt``) counts EAP's source buffers [pos, n_src, d_model]
+    (clean, patch, difference), its gradients [pos, n_dst, d_model] and, roughly, the model's
+    activations kept for the backward pass; for exact scoring the same buffers without
+    gradients plus the cached residuals and logits. It is a guide, not a guarantee: lower
+    ``fraction`` or pass ``batch_size`` if a run still runs out of memory.
+    """
+    free = free_memory_bytes(model.device)
+    if free is None:
+        return len(batch)
+    per_prompt = bytes_per_prompt(model, graph, batch.clean.shape[1], method, ig_steps)
+    return max(1, min(len(batch), int(fraction * free) // per_prompt))
+
+
+def bytes_per_prompt(
+    model: ModelAdapter, graph: ComputeGraph, pos: int, method: str, ig_steps: int = 5
+) -> int:
+    """Rough peak memory of scoring one prompt of ``pos`` tokens by ``method``, in bytes."""
+    spec, d_model = model.spec, model.spec.d_model
+    sources = pos * graph.n_src * d_model  # elements of one [pos, n_src, d_model] buffer
+    grads = pos * graph.n_dst * d_model
+    # Per block: per-head copies of the residual for q, k, v and their normed copies, the head
+    # results (~8 H d), attention scores and pattern (2 H pos), the MLP's hidden layer before
+    # and after its activation, the residual and norms; then logits and their log-softmax.
+    block = 8 * spec.n_heads * d_model + 2 * spec.n_heads * pos + 2 * (spec.d_mlp or 0)
+    activations = pos * (graph.n_layers * (block + 4 * d_model) + 2 * spec.d_vocab)
+    if method == "exact":
+        residuals = pos * (graph.n_layers + 1) * d_model
+        elements = 3 * sources + residuals + activations
+    else:
+        # clean sources, patch, difference; the grad leaves' gradients and their concatenation
+        # (and EAP-IG's running sum of path gradients); activations and their gradients.
+        elements = 3 * sources + (4 if method == "eap-ig" and ig_steps > 1 else 2) * grads
+        elements += 2 * activations
+    itemsize = max(torch.finfo(model.dtype).bits, torch.finfo(_accumulator_dtype(model)).bits)
+    return elements * itemsize // 8
+
+
+def free_memory_bytes(device: torch.device | str) -> int | None:
+    """Memory that a new allocation on ``device`` can use, in bytes, or None if unknown.
+
+    CUDA: the device's free memory plus what PyTorch's caching allocator holds unused. CPU: the
+    kernel's MemAvailable (/proc/meminfo), else the free physical pages (os.sysconf).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type == "cpu":
+        return _mem_available() or _free_physical_pages()
+    return None
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _free_physical_pages() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
 # What patched edges carry
 
 
@@ -255,7 +389,11 @@ def _means(
     into batches cannot change what a patched edge carries: [pos, n_src, d_model]."""
     if ablation != "mean":
         return None
-    return mean_sources(model, graph, batch, batch_size=batch_size)
+    local = shard_batch(batch)
+    if batch_size is None and len(local):
+        # The means' forward records every source, as exact scoring's does.
+        batch_size = auto_batch_size(model, graph, local, "exact")
+    return mean_sources(model, graph, batch, batch_size=batch_size, across_ranks=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,13 +432,30 @@ def _gradient_scores(
                 model, graph, chunk, metric_fn, clean_sources[:, :, 0], patch[:, :, 0], steps, bar
             )
             grads = (grads + path) / steps
-        diff = (patch - clean_sources).to(dtype)
-        # total[u, v] += sum over (prompt, position) of diff[., ., u] . grads[., ., v]: the
-        # einsum 'bpsd,bpnd->sn' as one batched matmul accumulated in place, which needs no
-        # copy of grads (torch.einsum makes one: most of EAP's memory on GPT-2 small).
-        total.addbmm_(diff.flatten(0, 1), grads.to(dtype).flatten(0, 1).transpose(1, 2))
+        _add_edge_products(total, patch, clean_sources, grads)
     bar.close()
     return total.cpu()
+
+
+def _add_edge_products(
+    total: torch.Tensor, patch: torch.Tensor, clean_sources: torch.Tensor, grads: torch.Tensor
+) -> None:
+    """total[u, v] += sum over (prompt, position) of (patch - clean)[., ., u] . grads[., ., v].
+
+    The einsum 'bpsd,bpnd->sn' as batched matmuls accumulated in place, which need no copy of
+    grads (torch.einsum makes one: most of EAP's memory on GPT-2 small), over blocks of
+    sources of at most DIFF_BLOCK_BYTES, so the difference is never formed for all sources at
+    once. Args: total [n_src, n_dst]; patch, clean_sources [n, pos, n_src, d_model]; grads
+    [n, pos, n_dst, d_model].
+    """
+    n, pos, n_src, d_model = clean_sources.shape
+    grads_t = grads.to(total.dtype).flatten(0, 1).transpose(1, 2)  # [n * pos, d_model, n_dst]
+    per_source = n * pos * d_model * total.element_size()
+    block = max(1, DIFF_BLOCK_BYTES // per_source)
+    for start in range(0, n_src, block):
+        rows = slice(start, start + block)
+        diff = (patch[:, :, rows] - clean_sources[:, :, rows]).to(total.dtype)
+        total[rows].addbmm_(diff.flatten(0, 1), grads_t)
 
 
 def _path_gradients(

@@ -46,32 +46,43 @@ def shard(n: int) -> slice:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of ``tensor`` over all ranks (a new tensor, same device/dtype).
 
-    gloo reduces CPU tensors and nccl CUDA ones; the sum is computed on the tensor's device.
+    The sum is computed on the backend's device (CUDA for nccl, the CPU for gloo) and the result
+    moved back, so callers may pass CPU score accumulators under nccl.
     """
     if not is_distributed():
         return tensor.clone()
-    out = tensor.detach().clone().contiguous()
+    out = _to_backend(tensor.detach()).clone().contiguous()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return out.to(tensor.device)
 
 
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``tensor`` [n_rank, ...] along dim 0, in rank order.
 
     With ``shard`` this puts per-prompt values back in prompt order. Ranks may hold different
-    numbers of rows (including none); the trailing shape must agree.
+    numbers of rows (including none); the trailing shape and dtype must agree. The result is on
+    ``tensor``'s device.
     """
     if not is_distributed():
         return tensor.clone()
     _, size = rank_and_size()
-    counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(size)]
-    dist.all_gather(counts, torch.tensor([tensor.shape[0]], device=tensor.device))
+    local = _to_backend(tensor.detach())
+    counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([local.shape[0]], device=local.device))
     longest = int(max(int(c) for c in counts))
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
+    padded = local.new_zeros((longest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[: int(c)] for part, c in zip(parts, counts)])
+    return torch.cat([part[: int(c)] for part, c in zip(parts, counts)]).to(tensor.device)
+
+
+def _to_backend(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on a device the process group's backend can reduce: nccl reduces CUDA tensors
+    only (this rank's current GPU), gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    return tensor.cpu()
 
 
 def init_from_env() -> bool:
@@ -86,3 +97,9 @@ def init_from_env() -> bool:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
     return is_distributed()
+
+
+def shard_batch(batch):
+    """This rank's contiguous share of a PromptBatch (anything with ``len`` and ``select``); the
+    whole batch in one process. Every rank must pass the same batch."""
+    return batch.select(shard(len(batch)))

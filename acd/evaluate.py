@@ -10,6 +10,10 @@ edge patched):
 reported as the ratio of the means over prompts (the standard definition: one number, stable),
 and per prompt, with its spread (mean, std, median, 5th and 95th percentiles), because a mean
 can hide prompts the circuit fails on.
+
+In a torch.distributed process group (``acd.distributed``; every rank calls with the same
+arguments) each rank runs its contiguous shard of the prompts, and the per-prompt values are
+gathered back into prompt order, so every rank computes the same summary over all prompts.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from acd.distributed import all_gather_rows, shard_batch
 from acd.metrics import get_metric, kl_divergence
 from acd.patching import ABLATIONS, mean_sources, patch_values, run_patched
 
@@ -129,7 +134,8 @@ def evaluate_circuits(
     Per batch of prompts: one corrupted forward (patch values, for "corrupted"), one clean
     forward (the full model), one patched forward for the empty circuit, and one per circuit.
     A circuit holding every valid edge reuses the full model's logits and one holding none the
-    empty circuit's, so their faithfulness is exactly 1 and 0.
+    empty circuit's, so their faithfulness is exactly 1 and 0. In a process group each rank
+    runs its shard of the prompts (module docstring); a collective, so every rank must call it.
     """
     if circuit_masks.dim() != 3 or circuit_masks.shape[1:] != (graph.n_src, graph.n_dst):
         raise ValueError(
@@ -138,15 +144,20 @@ def evaluate_circuits(
         )
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    if len(batch) == 0:
+        raise ValueError("the batch holds no prompts")
     valid = graph.valid
     kept = circuit_masks.bool().cpu() & valid  # [k, n_src, n_dst]
     metric_name = batch.metric if metric == "task" else metric
-    means = mean_sources(model, graph, batch, batch_size=batch_size) if ablation == "mean" else None
+    means = None
+    if ablation == "mean":
+        means = mean_sources(model, graph, batch, batch_size=batch_size, across_ranks=True)
 
     per_circuit: list[list[torch.Tensor]] = [[] for _ in kept]
     per_circuit_kl: list[list[torch.Tensor]] = [[] for _ in kept]
     full_parts, empty_parts = [], []
-    for chunk in batch.split(batch_size or len(batch)):
+    local = shard_batch(batch)
+    for chunk in local.split(batch_size or len(local)) if len(local) else []:
         chunk = chunk.to(model.device)
         patch = patch_values(model, graph, chunk, ablation, means=means)
         with torch.no_grad():
@@ -165,18 +176,10 @@ def evaluate_circuits(
             per_circuit[i].append(score(logits))
             per_circuit_kl[i].append(kl_divergence(logits, full_logits, chunk))
 
-    full, empty = _gather(full_parts), _gather(empty_parts)
+    full, empty, circuits, kls = _all_prompts(full_parts, empty_parts, per_circuit, per_circuit_kl)
     return [
-        _evaluation(
-            metric_name,
-            ablation,
-            int(circuit.sum()),
-            _gather(parts),
-            full,
-            empty,
-            _gather(kl_parts),
-        )
-        for circuit, parts, kl_parts in zip(kept, per_circuit, per_circuit_kl)
+        _evaluation(metric_name, ablation, int(circuit.sum()), values, full, empty, kl)
+        for circuit, values, kl in zip(kept, circuits, kls)
     ]
 
 
@@ -212,7 +215,31 @@ def _metric_fn(name: str, full_logits: torch.Tensor, chunk: PromptBatch):
 
 
 def _gather(parts: list[torch.Tensor]) -> torch.Tensor:
+    """This rank's per-prompt values, chunk after chunk: [n_local] (CPU, float64)."""
+    if not parts:  # a rank without prompts
+        return torch.zeros(0, dtype=torch.float64)
     return torch.cat(parts).to("cpu", torch.float64)
+
+
+def _all_prompts(
+    full_parts: list[torch.Tensor],
+    empty_parts: list[torch.Tensor],
+    per_circuit: list[list[torch.Tensor]],
+    per_circuit_kl: list[list[torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Every prompt's values in prompt order, from every rank's chunks: full [N], empty [N],
+    and per circuit its metric [N] and KL [N].
+
+    One all-gather of the columns [full, empty, circuit_1 .. circuit_k, kl_1 .. kl_k] stacked
+    into [n_local, 2 + 2k] (the identity in one process).
+    """
+    k = len(per_circuit)
+    columns = [_gather(full_parts), _gather(empty_parts)]
+    columns += [_gather(parts) for parts in per_circuit]
+    columns += [_gather(parts) for parts in per_circuit_kl]
+    table = all_gather_rows(torch.stack(columns, dim=1))  # [N, 2 + 2k]
+    values = [column.contiguous() for column in table.unbind(dim=1)]
+    return values[0], values[1], values[2 : 2 + k], values[2 + k :]
 
 
 def _evaluation(

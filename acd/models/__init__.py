@@ -17,6 +17,7 @@ from acd.models.load import (
     embedded_models_dir,
     list_models,
     load_model,
+    weights_sha256,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "embedded_models_dir",
     "list_models",
     "load_model",
+    "weights_sha256",
 ]

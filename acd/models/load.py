@@ -317,13 +317,24 @@ def load_model(
     spec: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    device_map: str | dict[str, str | int] | None = None,
+    n_devices: int | None = None,
 ) -> ModelAdapter:
     """Load a model by embedded name, local Hugging Face directory, or hub name.
 
     Args:
         spec: ``toy`` (an embedded model), ``/path/to/hf_dir``, or a hub name such as ``gpt2``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; default CUDA when available, else CPU.
+            Not together with ``device_map`` or ``n_devices`` > 1.
         dtype: ``torch.float32`` (default), ``torch.bfloat16``, ... or their names as strings.
+        device_map: a model too big for one GPU, split across devices by Hugging Face
+            Accelerate: ``"auto"``, ``"balanced"``, or a dict from module names to devices
+            (``{"": "cpu"}`` puts everything on the CPU). Passed to the bridge's boot, which
+            loads the Hugging Face model with it; the adapter's ``device`` is then the
+            embedding's device, where token ids and the engine's buffers go (docs/scale.md).
+        n_devices: split the model evenly across this many CUDA devices (the bridge turns it
+            into a balanced device_map); 1 or None: one device.
 
     Raises:
         ModelNotAvailable: a hub name that cannot be fetched and is not cached.
@@ -332,9 +343,13 @@ def load_model(
     """
     name = str(spec)
     resolved = _resolve(name)
-    device = _resolve_device(device)
+    split = device_map is not None or (n_devices is not None and n_devices > 1)
+    if split and device is not None:
+        raise ModelError("pass either device or device_map / n_devices, not both")
+    device = None if split else _resolve_device(device)
     dtype = _resolve_dtype(dtype)
-    bridge = _boot(name, resolved, device, dtype)
+    placement = {"device_map": device_map, "n_devices": n_devices} if split else {}
+    bridge = _boot(name, resolved, device, dtype, **placement)
     _configure_hooks(bridge, name)
     adapter = ModelAdapter(
         name=name,
@@ -448,15 +463,22 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return value
 
 
-def _boot(name: str, resolved: _Resolved, device: str, dtype: torch.dtype) -> TransformerBridge:
-    """The one loading call, for every kind of spec; its failures become one-line errors."""
+def _boot(
+    name: str, resolved: _Resolved, device: str | None, dtype: torch.dtype, **placement: Any
+) -> TransformerBridge:
+    """The one loading call, for every kind of spec; its failures become one-line errors.
+
+    ``placement``: ``device_map`` / ``n_devices`` for a model split across devices (then
+    ``device`` is None: the bridge refuses both)."""
     # Imported here, not at module import: transformer_lens takes seconds to import, and
     # `acd models` or `import acd` should not pay for it.
     from safetensors import SafetensorError
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        return TransformerBridge.boot_transformers(resolved.location, device=device, dtype=dtype)
+        return TransformerBridge.boot_transformers(
+            resolved.location, device=device, dtype=dtype, **placement
+        )
     except (OSError, ValueError, KeyError, NotImplementedError, SafetensorError) as err:
         reason = _first_line(err)
         if resolved.source == "hub":
@@ -551,6 +573,34 @@ def _hash_state_dict(bridge: TransformerBridge) -> str:
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def weights_sha256(model: ModelAdapter) -> str:
+    """sha256 (hex) of a loaded model's weights, the same on every device.
+
+    Hashes the state dict (parameters and persistent buffers) of the Hugging Face model the
+    bridge wraps, in sorted name order: for each tensor its name, dtype and shape, then its raw
+    bytes, copied to the CPU one tensor at a time so a model on a GPU never needs a second copy
+    in host memory. The bytes depend on the dtype (a model loaded in bfloat16 hashes differently
+    from the same model in float32); tied weights are hashed under each of their names.
+    Unlike ``ModelAdapter.weights_hash`` it never reads files, so it also identifies weights
+    changed in memory.
+    """
+    module = getattr(model.bridge, "original_model", None)
+    state = (model.bridge if module is None else module).state_dict()
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(_raw_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _raw_bytes(tensor: torch.Tensor):
+    """The tensor's bytes in memory order, as a buffer (any dtype, bfloat16 and bool included:
+    numpy has no bfloat16, so the bytes are reinterpreted as uint8 before leaving torch)."""
+    flat = tensor.to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy()
 
 
 def safetensors_n_params(directory: Path) -> int | None:
