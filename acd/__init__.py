@@ -6,14 +6,18 @@ The public API (see docs/ and DESIGN.md's data flow):
     task = acd.load_task("ioi")          # shipped name | path to .toml / .csv / .jsonl
     circuit = acd.discover(task, model, method="eap-ig", edges=200, prompts=100, seed=0)
     circuit.edges, circuit.edge_scores, circuit.metrics["faithfulness"]
+    acd.discover(task, model, method="acdc", tau=0.01)   # ACDC; "hybrid": over top candidates
     graph = acd.ComputeGraph.from_model(model)   # also .from_config(hf_or_tl_config)
+    same = acd.load_circuit("out/circuit.json")  # file formats: acd.export, docs/formats.md
 """
 
+from acd.acdc import AcdcResult, acdc
 from acd.attribution import attribute, node_scores
 from acd.circuit import Circuit
 from acd.discover import discover
 from acd.errors import AcdError, TaskError
 from acd.evaluate import CircuitEvaluation, Comparison, compare, evaluate_circuit
+from acd.export import load_circuit, read_eapig_json, write_eapig_json
 from acd.graph import ComputeGraph
 from acd.models import ModelAdapter, list_models, load_model
 from acd.tasks import PromptBatch, PromptPair, Task, list_tasks, load_task
@@ -22,14 +26,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcdError",
+    "AcdcResult",
     "Circuit",
     "CircuitEvaluation",
     "Comparison",
     "ComputeGraph",
+    "acdc",
     "attribute",
     "compare",
     "discover",
     "evaluate_circuit",
+    "load_circuit",
     "node_scores",
     "ModelAdapter",
     "PromptBatch",
@@ -40,4 +47,6 @@ __all__ = [
     "list_tasks",
     "load_model",
     "load_task",
+    "read_eapig_json",
+    "write_eapig_json",
 ]

@@ -4,21 +4,26 @@ task ──► prompt pairs ──► batch ─┐
 model ──► ComputeGraph ──────────┴─► scores (attribution) ─► selection (search)
                                                                  │
                                     Circuit ◄── evaluation ◄─────┘
+
+``acdc`` and ``hybrid`` replace scores + selection by the ACDC search (acd.acdc); ``hybrid``
+first narrows the search to the top edges of an attribution.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from acd.acdc import acdc
 from acd.attribution import METHODS, attribute
 from acd.circuit import Circuit
 from acd.errors import AcdError
 from acd.evaluate import evaluate_circuit
 from acd.graph import ComputeGraph
-from acd.models import ModelAdapter, load_model
+from acd.models import ModelAdapter, load_model, weights_sha256
 from acd.search import (
     SELECTIONS,
     prune_dangling,
@@ -26,15 +31,18 @@ from acd.search import (
     select_threshold,
     select_topn,
 )
-from acd.tasks import Task, load_task
+from acd.tasks import PromptBatch, Task, load_task
+
+SEARCH_METHODS = ("acdc", "hybrid")
+HYBRID_SCORING = ("eap-ig", "eap")
 
 
 def discover(
     task: str | Task,
     model: str | ModelAdapter = "toy",
     *,
-    method: str = "eap",
-    edges: int = 200,
+    method: str = "eap-ig",
+    edges: int | None = None,
     selection: str = "topn",
     threshold: float | None = None,
     prune: bool = True,
@@ -48,17 +56,26 @@ def discover(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
+    tau: float | None = None,
+    candidates: int | None = None,
+    scoring: str = "eap-ig",
+    checkpoint: str | Path | None = None,
 ) -> Circuit:
     """Find the circuit of ``task`` in ``model``: score every edge, select, prune, evaluate.
 
     Args:
         task: a shipped task name, a path to a task file, or a Task.
         model: the embedded model's name, a local HF directory, a hub name, or a loaded model.
-        method: edge scores, ``eap``, ``eap-ig`` or ``exact`` (see acd.attribution).
-        edges: how many edges to select (by |score| when ``absolute``, else by signed score).
+        method: edge scores, ``eap``, ``eap-ig`` or ``exact`` (see acd.attribution), followed by
+            ``selection``; or a search that decides the circuit's size itself: ``acdc`` (ACDC
+            over every edge, acd.acdc) or ``hybrid`` (ACDC over the ``candidates`` edges with
+            the largest |``scoring``| scores, every other edge removed from the start).
+        edges: how many edges to select (by |score| when ``absolute``, else by signed score);
+            default ``default_edges(graph)``: 5 % of the graph's edges, at most 200 (23 on
+            the embedded model, 200 on GPT-2 small). Not used by ``acdc``/``hybrid``.
         selection: ``topn`` (the best ``edges`` edges), ``greedy`` (grown from the logits
             backwards, ``edges`` of them) or ``threshold`` (every edge scoring at least
-            ``threshold``); see acd.search.
+            ``threshold``); see acd.search. Not used by ``acdc``/``hybrid``.
         prune: drop the selected edges that lie on no input -> logits path, so a circuit may
             keep fewer than ``edges`` edges (``metrics["n_selected"]`` says how many were
             selected). With corrupted patching this changes no output: a source whose inputs
@@ -66,63 +83,107 @@ def discover(
             a source emits what its ablated inputs make of it, so pruning can move the metric.
         prompts: how many prompt pairs to score and evaluate on; ``seed`` chooses them.
         metric: what the scores and the evaluation measure; default the task's own metric.
+            For ``acdc``/``hybrid`` the search's metric, default ``kl`` (KL(full model ||
+            circuit)); the evaluation then uses ``metric`` if given, else the task's metric.
         ablation: what removed edges carry: ``corrupted`` (default), ``zero`` or ``mean``.
         batch_size: prompts per forward pass (default: all at once).
-        ig_steps: interpolation steps for ``eap-ig``.
+        ig_steps: interpolation steps for ``eap-ig`` (also as ``hybrid``'s scoring).
+        tau: ``acdc``/``hybrid`` only, required, >= 0: an edge is removed when removing it
+            raises KL by less than ``tau`` (``kl``) or moves a task metric by less than ``tau``.
+        candidates: ``hybrid`` only, required: K, the number of top-scoring edges ACDC tests
+            (1 .. the graph's edge count).
+        scoring: ``hybrid`` only: the attribution that picks the candidates, ``eap-ig``
+            (default) or ``eap``.
+        checkpoint: ``acdc``/``hybrid`` only: a JSON file the search saves its progress to
+            after each destination and resumes from (acd.acdc).
 
     Returns: a Circuit whose ``edges``, ``edge_scores`` (every valid edge) and
-    ``metrics["faithfulness"]`` are filled.
+    ``metrics["faithfulness"]`` are filled. For ``acdc``/``hybrid`` the scores are ACDC's
+    deltas: M(circuit without the edge) - M(circuit) when the edge was tested (for ``kl`` the
+    KL increase; removed edges have deltas below ``tau``), 0 for edges never tested.
     """
-    if method not in METHODS:
-        raise AcdError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if selection not in SELECTIONS:
+    searching = method in SEARCH_METHODS
+    if method not in METHODS and not searching:
+        known = ", ".join([*METHODS, *SEARCH_METHODS])
+        raise AcdError(f"unknown method {method!r}; choose one of {known}")
+    if searching:
+        _check_search_arguments(method, tau, candidates, scoring, metric)
+    elif selection not in SELECTIONS:
         raise AcdError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
-    if selection == "threshold" and threshold is None:
+    elif selection == "threshold" and threshold is None:
         raise AcdError("selection 'threshold' needs threshold=")
     start = time.perf_counter()
     if not isinstance(model, ModelAdapter):
         model = load_model(model, device=device, dtype=dtype)
     if not isinstance(task, Task):
         task = load_task(task)
-    batch = task.make_batch(model.tokenizer, prompts, seed).to(model.device)
     graph = ComputeGraph.from_model(model)
-    metric = metric or task.metric
+    if not searching and selection != "threshold":
+        edges = default_edges(graph) if edges is None else edges
+        if not 0 <= edges <= graph.n_edges:  # before the expensive scoring, not after
+            raise AcdError(
+                f"cannot keep {edges} edges: the graph has {graph.n_edges} "
+                f"(choose 0..{graph.n_edges})"
+            )
+    batch = task.make_batch(model.tokenizer, prompts, seed).to(model.device)
+    params: dict[str, Any]
 
-    scores = attribute(
-        model,
-        graph,
-        batch,
-        method=method,
-        metric=metric,
-        ablation=ablation,
-        batch_size=batch_size,
-        ig_steps=ig_steps,
-        progress=progress,
-    )
-    if selection == "topn":
-        selected = select_topn(scores, graph.valid, edges, absolute=absolute)
-    elif selection == "greedy":
-        selected = select_greedy(scores, graph, edges, absolute=absolute)
+    if searching:
+        scores, selected, search_params = _search(
+            model,
+            graph,
+            batch,
+            method,
+            tau,
+            candidates,
+            scoring,
+            metric,
+            ablation,
+            batch_size,
+            ig_steps,
+            progress,
+            checkpoint,
+        )
+        params = {"prompts": prompts, **search_params, "ablation": ablation}
+        metric = metric or task.metric  # the evaluation's
     else:
-        selected = select_threshold(scores, graph.valid, threshold, absolute=absolute)
+        metric = metric or task.metric
+        scores = attribute(
+            model,
+            graph,
+            batch,
+            method=method,
+            metric=metric,
+            ablation=ablation,
+            batch_size=batch_size,
+            ig_steps=ig_steps,
+            progress=progress,
+        )
+        if selection == "topn":
+            selected = select_topn(scores, graph.valid, edges, absolute=absolute)
+        elif selection == "greedy":
+            selected = select_greedy(scores, graph, edges, absolute=absolute)
+        else:
+            selected = select_threshold(scores, graph.valid, threshold, absolute=absolute)
+        params = {
+            "edges": edges,
+            "prompts": prompts,
+            "metric": metric,
+            "ablation": ablation,
+            "selection": selection,
+            "absolute": absolute,
+        }
+        if method == "eap-ig":
+            params["ig_steps"] = ig_steps
+        if selection == "threshold":
+            params["threshold"] = threshold
+    params.update({"prune": prune, "batch_size": batch_size, "d_model": model.spec.d_model})
+    if searching and metric != params["metric"]:
+        params["evaluation_metric"] = metric
     mask = prune_dangling(selected, graph) if prune else selected
     evaluation = evaluate_circuit(
         model, graph, batch, mask, metric=metric, ablation=ablation, batch_size=batch_size
     )
-    params: dict[str, Any] = {
-        "edges": edges,
-        "prompts": prompts,
-        "metric": metric,
-        "ablation": ablation,
-        "selection": selection,
-        "absolute": absolute,
-        "prune": prune,
-        "batch_size": batch_size,
-    }
-    if method == "eap-ig":
-        params["ig_steps"] = ig_steps
-    if selection == "threshold":
-        params["threshold"] = threshold
     metrics = evaluation.summary()
     metrics["n_selected"] = int(selected.sum())
     metrics["seconds"] = round(time.perf_counter() - start, 3)
@@ -136,4 +197,92 @@ def discover(
         params=params,
         seed=seed,
         metrics=metrics,
+        model_sha256=weights_sha256(model),
     )
+
+
+def default_edges(graph: ComputeGraph) -> int:
+    """The circuit size ``discover`` keeps when given none: 5 % of the valid edges, at most
+    200 — small enough to read as a diagram, large enough for the embedded model's tasks
+    (docs/results.md: faithfulness >= 0.9 at 5 %)."""
+    return min(200, max(1, graph.n_edges // 20))
+
+
+def _check_search_arguments(
+    method: str, tau: float | None, candidates: int | None, scoring: str, metric: str | None
+) -> None:
+    """Refuse ``acdc``/``hybrid`` arguments that cannot work, before loading anything."""
+    if tau is None:
+        raise AcdError(f"method {method!r} needs tau= (the removal threshold, >= 0)")
+    if not float(tau) >= 0:  # also refuses NaN
+        raise AcdError(f"tau must be >= 0, got {tau}")
+    if method != "hybrid":
+        return
+    if candidates is None:
+        raise AcdError("method 'hybrid' needs candidates= (how many top-scoring edges to test)")
+    if scoring not in HYBRID_SCORING:
+        known = ", ".join(HYBRID_SCORING)
+        raise AcdError(f"unknown scoring {scoring!r} for 'hybrid'; choose one of {known}")
+    if scoring == "eap" and (metric or "kl") == "kl":
+        # EAP's gradient of KL at the clean run is zero: the top-K would be arbitrary.
+        raise AcdError("scoring 'eap' with metric 'kl' gives all-zero scores; use 'eap-ig'")
+
+
+def _search(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    method: str,
+    tau: float,
+    candidates: int | None,
+    scoring: str,
+    metric: str | None,
+    ablation: str,
+    batch_size: int | None,
+    ig_steps: int,
+    progress: bool,
+    checkpoint: str | Path | None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """ACDC, over every edge (``acdc``) or the top ``candidates`` by |scoring| (``hybrid``).
+
+    Returns: ACDC's deltas [n_src, n_dst] (the circuit's scores), the kept edges
+    [n_src, n_dst] bool, and the parameters to record.
+    """
+    metric = metric or "kl"
+    params: dict[str, Any] = {"tau": float(tau), "metric": metric}
+    start_from = None
+    if method == "hybrid":
+        if not 1 <= candidates <= graph.n_edges:
+            raise AcdError(
+                f"candidates must be between 1 and the graph's {graph.n_edges} edges, "
+                f"got {candidates}"
+            )
+        scores = attribute(
+            model,
+            graph,
+            batch,
+            method=scoring,
+            metric=metric,
+            ablation=ablation,
+            batch_size=batch_size,
+            ig_steps=ig_steps,
+            progress=progress,
+        )
+        start_from = select_topn(scores, graph.valid, candidates)
+        params.update({"candidates": candidates, "scoring": scoring})
+        if scoring == "eap-ig":
+            params["ig_steps"] = ig_steps
+    result = acdc(
+        model,
+        graph,
+        batch,
+        tau=tau,
+        metric=metric,
+        ablation=ablation,
+        candidates=start_from,
+        batch_size=batch_size,
+        progress=progress,
+        checkpoint=checkpoint,
+    )
+    params["visited"] = result.visited
+    return result.deltas, result.mask, params

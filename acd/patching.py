@@ -9,6 +9,9 @@ Every algorithm (EAP, EAP-IG, exact patching, ACDC, evaluation) is written again
                                                      every block (the starting points of ...)
     run_from_layer(model, graph, residual, l, ...)   blocks l.. only, one delta per batch row
                                                      added at chosen destinations (exact scores)
+    run_patched_from_layer(model, graph, residual, l, mask, patch, prefix)
+                                                     run_patched from block l on, a mask per
+                                                     row (ACDC)
 
 Edge patching (DESIGN.md, "The mathematics"). Let z_u be source u's output, in this run, and
 in_v = sum of z_u over u -> v, plus constants (b_O, biases), the residual stream destination v
@@ -188,12 +191,14 @@ class _HookedRun:
         def hook(x: torch.Tensor, hook) -> torch.Tensor | None:
             replaced = slot.start == 0 and self.embed_override is not None
             if replaced:
-                x = self.embed_override.to(x.dtype)
+                x = self.embed_override.to(x.device, x.dtype)
             z = x if slot.per_head else x.unsqueeze(2)  # [batch, pos, width, d_model]
             if self.sources is not None:
                 self.sources[:, :, slot.start : slot.stop] = z.detach()
             if self.mask is not None:
-                self._record_diff(slot, z)
+                # The patch buffers live on the model's (first) device; under a device_map
+                # this block may run on another.
+                self._record_diff(slot, z.to(self.patch.device))
             return x if replaced else None
 
         return hook
@@ -202,7 +207,7 @@ class _HookedRun:
         def hook(x: torch.Tensor, hook) -> torch.Tensor | None:
             changed = False
             if self.mask is not None and self._touches(slot):
-                x = x + self._correction(slot)
+                x = x + self._correction(slot).to(x.device)
                 changed = True
             if self.capture_grads:
                 leaf = torch.zeros_like(x, requires_grad=True)
@@ -291,6 +296,17 @@ class _HookedRun:
             return torch.matmul(mask_t[:, patched], diff[:, :, patched])
         total = self.diff_sums[n_before].unsqueeze(2)  # [batch, pos, 1, d_model]
         return total - torch.matmul(1 - mask_t[:, kept], diff[:, :, kept])
+
+    def start_after(self, n_prefix: int, prefix_sources: torch.Tensor) -> None:
+        """Take sources 0 .. n_prefix - 1 as already recorded, with outputs ``prefix_sources``
+        [batch or 1, pos, n_prefix, d_model]: for a run that starts after their blocks
+        (``run_patched_from_layer``). Needs a patch mask and no gradients."""
+        if self.diff is None or self.n_recorded != 0:
+            raise RuntimeError("start_after needs a fresh, non-differentiable patched run")
+        diff = self.diff[:, :, :n_prefix]
+        torch.sub(self.patch[:, :, :n_prefix], prefix_sources, out=diff)
+        self.diff_sums[n_prefix] = diff.sum(dim=2)
+        self.n_recorded = n_prefix
 
     # --- running -------------------------------------------------------------------------
 
@@ -448,6 +464,7 @@ def mean_sources(
     batch: PromptBatch,
     *,
     batch_size: int | None = None,
+    across_ranks: bool = False,
 ) -> torch.Tensor:
     """Per-position mean of the clean run's source outputs over the prompts: [pos, n_src, d].
 
@@ -455,15 +472,27 @@ def mean_sources(
     enters); positions no prompt reaches are zero. Means are per position, not over positions,
     because position 0 (BOS) and early positions have activations unlike the rest (attention
     sinks, large norms): averaging them in would patch in values no position ever sees.
+
+    ``across_ranks``: in a torch.distributed process group (``acd.distributed``), every rank
+    passes the same ``batch``, runs only its own shard of it, and the per-position sums and
+    counts are all-reduced, so every rank returns the mean over all of ``batch``. A collective:
+    every rank must call it. Without a process group it changes nothing. Off by default, so
+    that a rank averaging a batch of its own (``patch_values`` without ``means``) stays local.
     """
-    total: torch.Tensor | None = None
-    count = torch.zeros(batch.clean.shape[1], device=model.device, dtype=model.dtype)
-    for chunk in batch.split(batch_size or len(batch)):
+    from acd.distributed import all_reduce_sum, shard_batch
+
+    rows = shard_batch(batch) if across_ranks else batch
+    d_model = model.spec.d_model
+    total = torch.zeros(batch.clean.shape[1], graph.n_src, d_model, **_like(model))
+    count = torch.zeros(batch.clean.shape[1], **_like(model))
+    # A rank with no prompts still joins the all-reduce below, with zero sums and counts.
+    for chunk in rows.split(batch_size or len(rows)) if len(rows) else []:
         sources = collect_sources(model, graph, chunk.clean)
         real = _real_positions(chunk).to(model.device, model.dtype)  # [n, pos]
-        part = torch.einsum("bp,bpsd->psd", real, sources)
-        total = part if total is None else total + part
+        total += torch.einsum("bp,bpsd->psd", real, sources)
         count += real.sum(dim=0)
+    if across_ranks:
+        total, count = all_reduce_sum(total), all_reduce_sum(count)
     return total / count.clamp(min=1)[:, None, None]
 
 
@@ -509,19 +538,31 @@ def _real_positions(batch: PromptBatch) -> torch.Tensor:
 
 
 def run_and_collect_residuals(
-    model: ModelAdapter, graph: ComputeGraph, tokens: torch.Tensor
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    tokens: torch.Tensor,
+    *,
+    patch_mask: torch.Tensor | None = None,
+    patch_sources: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One plain forward (no gradients): logits, every source's output, and the residual stream
     entering every block and the final norm.
 
-    Args: tokens [batch, pos] token ids.
+    Args: tokens [batch, pos] token ids; ``patch_mask`` and ``patch_sources`` (optional, as for
+    ``run_patched``) make it the patched run's sources and residuals instead of the clean run's
+    (ACDC started from a candidate set restarts from those).
     Returns: logits [batch, pos, d_vocab], sources [batch, pos, n_src, d_model], residuals
     [batch, pos, n_layers + 1, d_model]: ``residuals[:, :, l]`` enters block l, and
-    ``residuals[:, :, n_layers]`` enters the final norm (the ``logits`` destination's input).
-    These are the starting points of ``run_from_layer``.
+    ``residuals[:, :, n_layers]`` enters the final norm (the ``logits`` destination's input,
+    before any patch of the ``logits`` destination's own edges).
+    These are the starting points of ``run_from_layer`` and ``run_patched_from_layer``.
     """
     tokens = tokens.to(model.device)
-    run = _HookedRun(model, graph, tokens, record=True)
+    if patch_sources is not None:
+        patch_sources = patch_sources.detach().to(**_like(model))
+    run = _HookedRun(
+        model, graph, tokens, record=True, patch_mask=patch_mask, patch_sources=patch_sources
+    )
     n_layers = graph.n_layers
     residuals = torch.empty((*tokens.shape, n_layers + 1, model.spec.d_model), **_like(model))
 
@@ -533,7 +574,10 @@ def run_and_collect_residuals(
 
     names = [model.hook_resid_pre(layer) for layer in range(n_layers)]
     names.append(model.hook_final_resid())
-    hooks = run.fwd_hooks() + [(name, recorder(i)) for i, name in enumerate(names)]
+    # The recorders go first, so that with a patch mask the residual entering the final norm
+    # is recorded before the logits destination's own correction (its in_v, which is what a
+    # restart at ``n_layers`` adds its correction to).
+    hooks = [(name, recorder(i)) for i, name in enumerate(names)] + run.fwd_hooks()
     with torch.no_grad():
         logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     return logits, run.sources, residuals
@@ -596,9 +640,9 @@ def run_from_layer(
         # Whatever reached this point (the wrapped model's embedding of ``residual``) is
         # replaced by the cached residual itself.
         if layer < n_layers:
-            return residual
+            return residual.to(x.device)
         # Starting at the final norm: the logits destination reads the residual directly.
-        return residual + dst_mask[:, graph.dst_logits(), None, None] * deltas
+        return (residual + dst_mask[:, graph.dst_logits(), None, None] * deltas).to(x.device)
 
     entry = model.hook_resid_pre(layer) if layer < n_layers else model.hook_final_resid()
     hooks = [(entry, entry_hook)]
@@ -627,10 +671,102 @@ def _delta_hook(slot: HookSlot, deltas: torch.Tensor, dst_mask: torch.Tensor) ->
 
     def hook(x: torch.Tensor, hook) -> torch.Tensor:
         if slot.per_head:  # x [batch, pos, width, d_model]
-            return x + mask[:, None, :, None] * deltas[:, :, None, :]
-        return x + mask[:, 0, None, None] * deltas
+            return x + (mask[:, None, :, None] * deltas[:, :, None, :]).to(x.device)
+        return x + (mask[:, 0, None, None] * deltas).to(x.device)
 
     return hook
+
+
+def run_patched_from_layer(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    residual: torch.Tensor,
+    layer: int,
+    patch_mask: torch.Tensor,
+    patch_sources: torch.Tensor,
+    prefix_sources: torch.Tensor,
+    *,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``run_patched`` from block ``layer`` on: blocks ``layer`` .. n_layers - 1, the final norm
+    and the unembedding only, starting from ``residual``, with a patch mask per batch row.
+
+    Destination v of block ``layer`` or later (or ``logits``) reads, as in ``run_patched``,
+    ``in_v + sum_u patch_mask[b, u, v] * (patch_sources[b, u] - z_u)``, where z_u is recorded
+    in this run for the sources of block ``layer`` onward and is ``prefix_sources[b, u]`` for
+    the earlier ones (input and blocks < ``layer``), which do not run. When ``residual`` and
+    ``prefix_sources`` come from a run R (``run_and_collect_residuals``, clean or itself
+    patched), the result equals ``run_patched`` with a mask that agrees with R's on every
+    destination before block ``layer`` and with ``patch_mask`` from there on: the patches of
+    later destinations cannot change what enters block ``layer`` (ACDC visits destinations from
+    the output backwards, so every edge it has removed lies in block ``layer`` or later). R's
+    own patches of destinations from block ``layer`` on do not matter: ``patch_mask`` replaces
+    them (``run_and_collect_residuals`` records the final norm's input before the ``logits``
+    destination's patch for this reason).
+
+    Entries of ``patch_mask`` at destinations before block ``layer`` are ignored (those
+    destinations do not run; R's residual already holds their effect). Runs without gradients.
+
+    Args:
+        residual: [batch, pos, d_model] the residual entering block ``layer`` (for
+            ``layer == n_layers``, the residual entering the final norm).
+        layer: the first block to run, 0 .. n_layers.
+        patch_mask: [n_src, n_dst] or [batch, n_src, n_dst], bool or float in [0, 1].
+        patch_sources: [batch or 1, pos, n_src, d_model] the values patched edges carry.
+        prefix_sources: [batch or 1, pos, >= n_prefix, d_model] R's source outputs; only the
+            first n_prefix = ``graph.src_layer_slice(layer).start`` (all n_src for
+            ``layer == n_layers``) are read.
+        positions: [k] ascending positions whose logits to compute; None computes all.
+
+    Returns: logits [batch, pos, d_vocab], or [batch, k, d_vocab] with ``positions``.
+    """
+    n_layers = graph.n_layers
+    if not 0 <= layer <= n_layers:
+        raise ValueError(f"layer {layer} out of range 0 .. {n_layers}")
+    rows, length = residual.shape[:2]
+    n_prefix = graph.src_layer_slice(layer).start if layer < n_layers else graph.n_src
+    # The tokens only give _HookedRun its shape: the forward starts from ``residual``.
+    shape_only = torch.zeros(rows, length, dtype=torch.long, device=model.device)
+    run = _HookedRun(
+        model,
+        graph,
+        shape_only,
+        patch_mask=patch_mask.detach().to(model.device),
+        patch_sources=patch_sources.detach().to(**_like(model)),
+    )
+    run.start_after(n_prefix, prefix_sources[:, :, :n_prefix].detach().to(**_like(model)))
+    residual = residual.detach().to(**_like(model))
+    logits_slot = destination_hooks(model, graph)[-1]
+
+    def entry_hook(x: torch.Tensor, hook) -> torch.Tensor:
+        # Whatever reached this point is replaced by the cached residual itself.
+        if layer < n_layers or not run._touches(logits_slot):
+            return residual
+        # Starting at the final norm: the logits destination reads the residual directly.
+        return residual + run._correction(logits_slot)
+
+    entry = model.hook_resid_pre(layer) if layer < n_layers else model.hook_final_resid()
+    hooks = [(entry, entry_hook)]
+    if layer < n_layers:
+        first_dst = graph.dst_layer_slice(layer).start
+        hooks += [
+            (slot.hook, run._source_hook(slot))
+            for slot in source_hooks(model, graph)
+            if slot.start >= n_prefix
+        ]
+        hooks += [
+            (slot.hook, run._destination_hook(slot))
+            for slot in destination_hooks(model, graph)
+            if slot.start >= first_dst
+        ]
+    kwargs = {}
+    if positions is not None and _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = positions.to(model.device)
+    with torch.no_grad(), _BlocksFrom(model, layer):
+        logits = model.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
+    if positions is not None and not kwargs:
+        logits = logits[:, positions.to(logits.device)]
+    return logits
 
 
 def _accepts_logits_to_keep(model: ModelAdapter) -> bool:

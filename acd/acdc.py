@@ -1,0 +1,524 @@
+"""ACDC (Conmy et al. 2023): automatic circuit discovery by greedy edge removal.
+
+The circuit starts as every valid edge (or a candidate set, every other edge removed: the
+``hybrid`` method of ``discover``). Destinations are visited from the output backwards
+(``logits``, then block L - 1's destinations in reverse index order, ...); for each, its
+incoming kept edges in reverse source order. Each edge e is patched out of the *current*
+circuit (the edges removed so far stay patched, with what the ablation puts in their place,
+exactly as ``run_patched`` defines) and compared with the current circuit itself:
+
+    delta(e) = M(current without e) - M(current),   M averaged over prompts
+
+With ``kl`` (the default), M = KL(full model || circuit) and e is removed when delta(e) < tau;
+with a task metric, when |delta(e)| < tau. ``deltas`` records delta(e) for every tested edge
+(its sign: the metric change when the edge was removed; for ``kl`` the KL increase).
+
+Two savings keep the number of forwards and their cost down, neither of which changes a
+decision:
+
+**Restarting from a cached residual.** While destination v of block l is visited, every
+destination of blocks < l still has all its (initial) edges, so the residual entering block l
+is the same as in the run of the initial circuit. That run's residuals and sources are cached
+once (``run_and_collect_residuals``); each evaluation runs blocks l .. L - 1 only
+(``run_patched_from_layer``), computing logits only at the positions the metric reads.
+
+**Batched speculation.** Most tested edges get removed, so for the remaining edges
+e_1 .. e_n of a destination, row i of a batch is the current circuit with e_1 .. e_i *all*
+removed (row 0: the current circuit). One forward evaluates a window of such rows for every
+prompt (at most ``rows_per_forward`` (row, prompt) pairs); then the walk i = 1, 2, ... computes
+delta_i = M(row i) - M(row i - 1), which is exactly the one-edge-at-a-time comparison as long
+as e_1 .. e_{i-1} were removed. At the first e_i that is kept, the rows after i assumed it
+removed and are discarded: speculation restarts at e_{i+1} with e_i kept, against row i - 1
+(the current circuit, already measured). A window in which every edge is removed costs one
+forward instead of one per edge.
+
+Data parallel: each rank takes its shard of the prompts (``acd.distributed.shard``) and the
+per-row metric sums are added with ``all_reduce_sum``, so every rank takes the same decisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from acd.atomic import atomic_write
+from acd.attribution import (
+    _accumulator_dtype,
+    _at_positions,
+    _bind_metric,
+    _check_prefix_runs,
+    _dst_layers,
+    _resolve_metric,
+)
+from acd.distributed import all_reduce_sum, is_main, rank_and_size, shard
+from acd.errors import AcdError
+from acd.metrics import Metric
+from acd.patching import (
+    ABLATIONS,
+    mean_sources,
+    patch_values,
+    run_and_collect_residuals,
+    run_patched_from_layer,
+)
+
+if TYPE_CHECKING:
+    from acd.graph import ComputeGraph
+    from acd.models.load import ModelAdapter
+    from acd.tasks import PromptBatch
+
+# (row, prompt) pairs per forward by default. Each costs about 3 x pos x n_src x d_model values
+# (patch values, the cached sources and patch - current): ~20 MB on GPT-2 small at 15 tokens.
+ROWS_PER_FORWARD = 64
+
+CHECKPOINT_FORMAT = "acd-acdc-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class AcdcError(AcdError, ValueError):
+    """An argument of ``acdc`` that cannot be used, or a checkpoint that does not fit."""
+
+
+@dataclass
+class AcdcResult:
+    """What ``acdc`` found.
+
+    mask: [n_src, n_dst] bool, the edges kept.
+    deltas: [n_src, n_dst] float (CPU), M(circuit without e) - M(circuit) measured when edge e
+        was tested (for ``kl`` the KL increase); 0 for edges never tested.
+    visited: edges tested; n_forwards: forward passes run by this process (including the
+        reference runs); seconds: wall time (of this call, not of a resumed earlier one).
+    n_circuits: circuits evaluated on every prompt by this call: one per tested edge, one per
+        destination (its current circuit), and the speculative rows discarded after a kept
+        edge (the waste of speculation).
+    """
+
+    mask: torch.Tensor
+    deltas: torch.Tensor
+    visited: int
+    n_forwards: int
+    seconds: float
+    n_circuits: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def acdc(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    *,
+    tau: float,
+    metric: str | Metric = "kl",
+    ablation: str = "corrupted",
+    candidates: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    rows_per_forward: int = ROWS_PER_FORWARD,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> AcdcResult:
+    """Run ACDC on the prompts of ``batch`` (module docstring).
+
+    Args:
+        tau: the removal threshold (>= 0): an edge goes when removing it raises KL by less
+            than ``tau`` (``kl``) or moves the task metric by less than ``tau`` in magnitude.
+        metric: ``kl`` (KL(full model || circuit), default), a task metric name, ``task`` (the
+            batch's own), or a function (logits [N, T, V], PromptBatch) -> [N].
+        ablation: what removed edges carry: ``corrupted``, ``zero`` or ``mean``.
+        candidates: [n_src, n_dst] bool; start from these edges (every other edge removed)
+            and test only them. Default: every valid edge.
+        batch_size: prompts per reference forward and at most per search forward.
+        rows_per_forward: (row, prompt) pairs one search forward carries.
+        progress: show a progress bar (edges tested / candidate edges, circuit size).
+        checkpoint: a JSON file written (atomically) after each destination and resumed from
+            when it exists and matches this run (otherwise AcdcError says what differs).
+        on_progress: called as ``on_progress(visited, total, kept)`` after each destination
+            (after its checkpoint is written).
+
+    Returns: AcdcResult.
+    """
+    start = time.perf_counter()
+    tau = _check_arguments(tau, ablation, batch_size, rows_per_forward, batch)
+    metric = _resolve_metric(metric, batch)
+    initial = _initial_circuit(graph, candidates)
+    header = _checkpoint_header(graph, batch, tau, metric, ablation, candidates)
+    state = _SearchState.fresh(graph, initial, _accumulator_dtype(model))
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = _SearchState.load(Path(checkpoint), header, graph, state.deltas.dtype)
+    # Means over *all* prompts (every rank computes the same), so sharding cannot change them.
+    means = None
+    if ablation == "mean":
+        means = mean_sources(model, graph, batch.to(model.device), batch_size=batch_size)
+    local = batch.select(shard(len(batch))).to(model.device)
+    _, size = rank_and_size()
+    evaluator = _Evaluator(
+        model,
+        graph,
+        local,
+        n_total=len(batch),
+        largest_shard=math.ceil(len(batch) / size),
+        metric=metric,
+        ablation=ablation,
+        means=means,
+        initial=initial,
+        batch_size=batch_size,
+        rows_per_forward=rows_per_forward,
+    )
+    total = int(initial.sum())
+    bar = tqdm(total=total, initial=state.visited, desc="acdc", unit="edge", disable=not progress)
+    bar.set_postfix(kept=state.n_kept())
+    order = _dst_layers(graph)
+    for v in range(state.next_dst, -1, -1):
+        _visit_destination(evaluator, state, v, int(order[v]), tau, metric == "kl", bar)
+        state.next_dst = v - 1
+        if checkpoint is not None and is_main():
+            atomic_write(checkpoint, state.to_json(header))
+        if on_progress is not None:
+            on_progress(state.visited, total, state.n_kept())
+    bar.close()
+    return AcdcResult(
+        mask=state.kept.clone(),
+        deltas=state.deltas.clone(),
+        visited=state.visited,
+        n_forwards=evaluator.n_forwards,
+        seconds=time.perf_counter() - start,
+        n_circuits=evaluator.n_circuits,
+    )
+
+
+def _check_arguments(
+    tau: float | None,
+    ablation: str,
+    batch_size: int | None,
+    rows_per_forward: int,
+    batch: PromptBatch,
+) -> float:
+    """Refuse unusable arguments before any forward; returns tau as a float."""
+    if tau is None:
+        raise AcdcError("ACDC needs a threshold: give tau= (>= 0, e.g. 0.01 for KL)")
+    tau = float(tau)
+    if math.isnan(tau) or tau < 0:
+        raise AcdcError(f"tau must be a number >= 0, got {tau}")
+    if ablation not in ABLATIONS:
+        raise AcdcError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    if batch_size is not None and batch_size < 1:
+        raise AcdcError(f"batch_size must be at least 1, got {batch_size}")
+    if rows_per_forward < 1:
+        raise AcdcError(f"rows_per_forward must be at least 1, got {rows_per_forward}")
+    if len(batch) == 0:
+        raise AcdcError("the batch holds no prompts")
+    return tau
+
+
+def _initial_circuit(graph: ComputeGraph, candidates: torch.Tensor | None) -> torch.Tensor:
+    """The edges ACDC starts from and tests: [n_src, n_dst] bool on the CPU."""
+    if candidates is None:
+        return graph.valid.clone()
+    if tuple(candidates.shape) != (graph.n_src, graph.n_dst):
+        raise AcdcError(
+            f"candidates have shape {tuple(candidates.shape)}, expected "
+            f"({graph.n_src}, {graph.n_dst})"
+        )
+    return candidates.detach().bool().cpu() & graph.valid
+
+
+def _removable(delta: float, tau: float, kl: bool) -> bool:
+    """ACDC's test: KL rises by less than tau, or the task metric moves by less than tau."""
+    return delta < tau if kl else abs(delta) < tau
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+
+
+def _visit_destination(
+    evaluator: _Evaluator,
+    state: _SearchState,
+    v: int,
+    layer: int,
+    tau: float,
+    kl: bool,
+    bar: tqdm,
+) -> None:
+    """Test every kept edge into destination ``v`` (block ``layer``), last source first,
+    removing those that pass; speculative windows as the module docstring describes."""
+    edges = state.kept[:, v].nonzero().flatten().flip(0).tolist()  # reverse source order
+    if not edges:
+        return
+    largest = evaluator.variants_per_forward
+    baseline: float | None = None  # M(current circuit), measured from this layer
+    if largest == 1:  # no room for the current circuit beside a speculative row
+        baseline = float(evaluator.mean_metrics(layer, state.removed()[None])[0])
+    size = largest  # speculative circuits in the next window
+    i = 0
+    while i < len(edges):
+        with_baseline = baseline is None
+        spec = edges[i : i + max(1, size - int(with_baseline))]
+        values = evaluator.mean_metrics(
+            layer, _speculative_masks(state.removed(), v, spec, with_baseline)
+        )
+        if with_baseline:
+            baseline, values = float(values[0]), values[1:]
+        removed_in_window = 0
+        for u, value in zip(spec, values.tolist()):
+            i += 1
+            delta = value - baseline
+            state.deltas[u, v] = delta
+            state.visited += 1
+            bar.update(1)
+            if not _removable(delta, tau, kl):
+                break  # the later rows assumed this edge removed: speculate again after it
+            state.kept[u, v] = False
+            baseline = value
+            removed_in_window += 1
+            bar.set_postfix(kept=state.n_kept(), refresh=False)
+        # The next window: twice the run of removals just seen (doubling while every edge
+        # goes), so that where edges are kept few speculative rows are wasted.
+        size = min(largest, max(2, 2 * removed_in_window))
+
+
+def _speculative_masks(
+    removed: torch.Tensor, v: int, spec: list[int], with_baseline: bool
+) -> torch.Tensor:
+    """Patch masks [rows, n_src, n_dst]: row j removes spec[0 .. j] into ``v`` on top of
+    ``removed`` [n_src, n_dst]; with ``with_baseline`` a first row is ``removed`` itself."""
+    n = len(spec)
+    masks = removed.expand(n, *removed.shape).clone()
+    masks[:, spec, v] = torch.ones(n, n, dtype=torch.bool).tril()  # row j: edges 0 .. j
+    if with_baseline:
+        masks = torch.cat([removed[None], masks])
+    return masks
+
+
+class _SearchState:
+    """Where the search stands: kept edges [n_src, n_dst] bool, deltas [n_src, n_dst], the next
+    destination to visit (counting down; -1 when done) and the number of edges tested."""
+
+    def __init__(
+        self,
+        valid: torch.Tensor,
+        kept: torch.Tensor,
+        deltas: torch.Tensor,
+        next_dst: int,
+        visited: int,
+    ):
+        self.valid, self.kept, self.deltas = valid, kept, deltas
+        self.next_dst, self.visited = next_dst, visited
+
+    @classmethod
+    def fresh(cls, graph: ComputeGraph, initial: torch.Tensor, dtype: torch.dtype):
+        deltas = torch.zeros(graph.n_src, graph.n_dst, dtype=dtype)
+        return cls(graph.valid, initial.clone(), deltas, graph.n_dst - 1, 0)
+
+    def removed(self) -> torch.Tensor:
+        """The edges patched in the current circuit: [n_src, n_dst] bool (valid edges only)."""
+        return self.valid & ~self.kept
+
+    def n_kept(self) -> int:
+        return int(self.kept.sum())
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def to_json(self, header: dict) -> str:
+        """The checkpoint: ``header``, kept edges and tested edges' deltas as flat indices
+        src * n_dst + dst, the next destination and the count of edges tested."""
+        flat = self.deltas.flatten()
+        tested = flat.ne(0).nonzero().flatten().tolist()
+        body = {
+            **header,
+            "kept": self.kept.flatten().nonzero().flatten().tolist(),
+            # float() of a float32/float64 value prints (repr) and parses back exactly.
+            "deltas": [[i, float(flat[i])] for i in tested],
+            "next_destination": self.next_dst,
+            "visited": self.visited,
+        }
+        return json.dumps(body, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def load(cls, path: Path, header: dict, graph: ComputeGraph, dtype: torch.dtype):
+        """The state saved in ``path``; AcdcError if it belongs to another run or is damaged."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise AcdcError(f"cannot read the ACDC checkpoint {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise AcdcError(f"{path} is not an ACDC checkpoint")
+        for key, expected in header.items():
+            if data.get(key) != expected:
+                raise AcdcError(
+                    f"the checkpoint {path} is for a different run ({key}: "
+                    f"{_short(data.get(key))} there, {_short(expected)} here); "
+                    "delete it or pass another checkpoint path"
+                )
+        n_edges = graph.n_src * graph.n_dst
+        kept = torch.zeros(n_edges, dtype=torch.bool)
+        deltas = torch.zeros(n_edges, dtype=dtype)
+        try:
+            kept[torch.tensor(data["kept"], dtype=torch.long)] = True
+            for i, value in data["deltas"]:
+                deltas[int(i)] = float(value)
+            next_dst, visited = int(data["next_destination"]), int(data["visited"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            raise AcdcError(f"the ACDC checkpoint {path} is damaged: {error!r}") from None
+        shape = (graph.n_src, graph.n_dst)
+        return cls(graph.valid, kept.view(shape), deltas.view(shape), next_dst, visited)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _checkpoint_header(
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    tau: float,
+    metric: str | Metric,
+    ablation: str,
+    candidates: torch.Tensor | None,
+) -> dict:
+    """What a checkpoint must agree on to be resumed (the full batch: every rank agrees)."""
+    prompts = hashlib.sha256()
+    for tokens in (batch.clean, batch.corrupted):
+        prompts.update(tokens.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    candidate_hash = None
+    if candidates is not None:
+        bits = candidates.detach().bool().cpu().contiguous().numpy().tobytes()
+        candidate_hash = hashlib.sha256(bits).hexdigest()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "graph": [graph.n_src, graph.n_dst],
+        "tau": tau,
+        "metric": metric if isinstance(metric, str) else getattr(metric, "__qualname__", "?"),
+        "ablation": ablation,
+        "n_prompts": len(batch),
+        "prompts_sha256": prompts.hexdigest(),
+        "candidates_sha256": candidate_hash,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluating circuits from a cached run
+
+
+class _Evaluator:
+    """This rank's prompts, the cached run of the initial circuit, and metric evaluations of
+    patch masks from a chosen block on."""
+
+    def __init__(
+        self,
+        model: ModelAdapter,
+        graph: ComputeGraph,
+        local: PromptBatch,
+        *,
+        n_total: int,
+        largest_shard: int,
+        metric: str | Metric,
+        ablation: str,
+        means: torch.Tensor | None,
+        initial: torch.Tensor,
+        batch_size: int | None,
+        rows_per_forward: int,
+    ):
+        self.model, self.graph, self.local, self.metric = model, graph, local, metric
+        self.n_total = n_total
+        self.n_forwards = 0
+        self.n_circuits = 0
+        # Prompts per search forward, and how many speculative rows fit beside them. Computed
+        # from the largest shard, not this rank's, so every rank runs the same windows (and so
+        # the same number of all-reduces).
+        self.prompts_per_forward = max(1, min(batch_size or largest_shard, rows_per_forward))
+        self.variants_per_forward = max(
+            1, rows_per_forward // min(largest_shard, self.prompts_per_forward)
+        )
+        if len(local):
+            self._cache_reference_runs(ablation, means, initial, batch_size)
+
+    def _cache_reference_runs(
+        self,
+        ablation: str,
+        means: torch.Tensor | None,
+        initial: torch.Tensor,
+        batch_size: int | None,
+    ) -> None:
+        """The clean logits (KL's reference) at the scored positions, and the residuals and
+        sources of the initial circuit's run, truncated after the last scored position."""
+        model, graph, local = self.model, self.graph, self.local
+        self.positions = local.score_mask.any(dim=0).nonzero().squeeze(1)
+        self.length = int(self.positions[-1]) + 1  # causal: later positions cannot matter
+        clean_at, residuals, sources, patches = [], [], [], []
+        removed = graph.valid & ~initial  # hybrid: the non-candidate edges
+        for i, chunk in enumerate(local.split(batch_size or len(local))):
+            tokens = chunk.clean[:, : self.length]
+            patch = patch_values(model, graph, chunk, ablation, means=means)[:, : self.length]
+            clean_logits, src, res = run_and_collect_residuals(model, graph, tokens)
+            self.n_forwards += 2 if ablation == "corrupted" else 1
+            if i == 0:
+                _check_prefix_runs(model, graph, res[:1], clean_logits[:1])
+            if bool(removed.any()):
+                # The search restarts from the run of the initial circuit, not the clean one.
+                _, src, res = run_and_collect_residuals(
+                    model, graph, tokens, patch_mask=removed, patch_sources=patch
+                )
+                self.n_forwards += 1
+            clean_at.append(clean_logits[:, self.positions])
+            residuals.append(res)
+            sources.append(src)
+            patches.append(patch)
+        self.clean_at = torch.cat(clean_at)  # [n, k, d_vocab]
+        self.residuals = torch.cat(residuals)  # [n, length, n_layers + 1, d_model]
+        self.sources = torch.cat(sources)  # [n, length, n_src, d_model]
+        self.patch = torch.cat(patches)  # [n, length, n_src, d_model]
+
+    def mean_metrics(self, layer: int, masks: torch.Tensor) -> torch.Tensor:
+        """M of each circuit, averaged over every rank's prompts: masks [K, n_src, n_dst] bool
+        (patched edges; only destinations of block ``layer`` on may differ from the initial
+        circuit) -> [K] float64 on the CPU."""
+        self.n_circuits += len(masks)
+        sums = torch.zeros(len(masks), dtype=torch.float64, device=self.model.device)
+        n_local = len(self.local)
+        for start in range(0, n_local, self.prompts_per_forward):
+            prompts = torch.arange(start, min(start + self.prompts_per_forward, n_local))
+            # Row r: circuit variant[r] on prompt[r] (variant-major).
+            variant = torch.arange(len(masks)).repeat_interleave(len(prompts))
+            prompt = prompts.repeat(len(masks))
+            sums.index_add_(
+                0, variant.to(sums.device), self._row_metrics(layer, masks, variant, prompt)
+            )
+        return (all_reduce_sum(sums) / self.n_total).cpu()
+
+    def _row_metrics(
+        self, layer: int, masks: torch.Tensor, variant: torch.Tensor, prompt: torch.Tensor
+    ) -> torch.Tensor:
+        """One forward from block ``layer``: M for (circuit ``variant[r]``, prompt
+        ``prompt[r]``) per row: [R] float64."""
+        device, graph = self.model.device, self.graph
+        p = prompt.to(device)
+        # Only the sources before block ``layer`` are read from the cache: gather just those.
+        n_prefix = graph.src_layer_slice(layer).start if layer < graph.n_layers else graph.n_src
+        logits = run_patched_from_layer(
+            self.model,
+            self.graph,
+            self.residuals[p, :, layer],
+            layer,
+            masks.to(device)[variant.to(device)],
+            self.patch[p],
+            self.sources[:, :, :n_prefix][p],
+            positions=self.positions,
+        )
+        self.n_forwards += 1
+        rows = _at_positions(self.local.select(p), self.positions)
+        reference = self.clean_at[p] if self.metric == "kl" else None
+        return _bind_metric(self.metric, rows, reference)(logits).to(torch.float64)

@@ -1,0 +1,335 @@
+"""ACDC: the restarted patched runs against full ``run_patched`` forwards, and the batched,
+speculative search against a plain one-edge-at-a-time implementation written here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import acd
+from acd.acdc import AcdcError, acdc
+from acd.graph import ComputeGraph
+from acd.metrics import get_metric
+from acd.models import load_model
+from acd.patching import (
+    collect_sources,
+    patch_values,
+    run_and_collect,
+    run_and_collect_residuals,
+    run_patched,
+    run_patched_from_layer,
+)
+from acd.search import prune_dangling
+from acd.tasks import PromptBatch
+
+TINY_KINDS = ("gpt2", "llama", "neox")
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny(make_tiny_model_dir):
+    """kind -> (model, graph) for the tiny random GPT-2, Llama (GQA) and NeoX (parallel)."""
+    models = {}
+    for kind in TINY_KINDS:
+        model = load_model(make_tiny_model_dir(kind), device="cpu")
+        models[kind] = (model, ComputeGraph.from_model(model))
+    return models
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = acd.load_model("toy", device="cpu")
+    graph = ComputeGraph.from_model(model)
+    batch = acd.load_task("ioi").make_batch(model.tokenizer, 8, 0)
+    return model, graph, batch
+
+
+def random_batch(seed: int, n: int = 4, pos: int = 7) -> PromptBatch:
+    """Random clean/corrupted prompts for the tiny vocabulary, scored at the last position
+    (and, for the first prompt, also at position 3) with random answer tokens."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(*shape):
+        return torch.randint(1, 60, shape, generator=generator)
+
+    score_mask = torch.zeros(n, pos, dtype=torch.bool)
+    score_mask[:, -1] = True
+    return PromptBatch(
+        clean=ids(n, pos),
+        corrupted=ids(n, pos),
+        lengths=torch.full((n,), pos),
+        score_mask=score_mask,
+        targets=torch.zeros(n, pos, dtype=torch.long),
+        correct=ids(n, 1),
+        correct_mask=torch.ones(n, 1, dtype=torch.bool),
+        wrong=ids(n, 1),
+        wrong_mask=torch.ones(n, 1, dtype=torch.bool),
+        metric="logit_diff",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The independent reference: ACDC one edge at a time, every evaluation a full run_patched
+
+
+def sequential_acdc(model, graph, batch, tau, metric="kl", ablation="corrupted", candidates=None):
+    """Conmy et al.'s loop, written plainly: returns kept, deltas and tested, each
+    [n_src, n_dst] (tested: the edges whose removal was tried)."""
+    patch = patch_values(model, graph, batch, ablation)
+    clean_logits = run_and_collect(model, graph, batch.clean)[0]
+    metric_fn = get_metric(batch.metric if metric == "task" else metric, clean_logits)
+
+    def mean_metric(kept: torch.Tensor) -> float:
+        logits = run_patched(model, graph, batch.clean, graph.valid & ~kept, patch)
+        return float(metric_fn(logits, batch).double().mean())
+
+    kept = graph.valid.clone() if candidates is None else graph.valid & candidates
+    deltas = torch.zeros(graph.n_src, graph.n_dst)
+    tested = kept.clone()
+    current = mean_metric(kept)
+    for v in reversed(range(graph.n_dst)):
+        for u in reversed(kept[:, v].nonzero().flatten().tolist()):
+            kept[u, v] = False
+            without = mean_metric(kept)
+            deltas[u, v] = without - current
+            removable = (
+                (without - current < tau) if metric == "kl" else abs(without - current) < tau
+            )
+            if removable:
+                current = without
+            else:
+                kept[u, v] = True
+    return kept, deltas, tested
+
+
+def assert_same_search(result, reference, tau, kl=True):
+    kept, deltas, tested = reference
+    assert torch.equal(result.mask, kept)
+    torch.testing.assert_close(result.deltas.float(), deltas, rtol=0, atol=1e-5)
+    assert result.visited == int(tested.sum())
+    removed = tested & ~kept
+    measure = result.deltas if kl else result.deltas.abs()
+    assert bool((measure[removed] < tau).all())
+    assert bool((measure[tested & kept] >= tau).all())
+
+
+# --------------------------------------------------------------------------------------------
+# run_patched_from_layer
+
+
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_run_patched_from_layer_matches_a_full_patched_run(tiny, kind):
+    model, graph = tiny[kind]
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randint(1, 60, (3, 7), generator=generator)
+    patch = collect_sources(model, graph, torch.randint(1, 60, (3, 7), generator=generator))
+    layers = torch.tensor(
+        [p.layer if p.layer is not None else graph.n_layers for p in graph.destinations]
+    )
+    for layer in range(graph.n_layers + 1):
+        late = layers >= layer
+        # Earlier destinations: one mask shared by the reference run; later ones: per row.
+        early_mask = (torch.rand(graph.n_src, graph.n_dst, generator=generator) < 0.4) & ~late
+        rows = (torch.rand(3, graph.n_src, graph.n_dst, generator=generator) < 0.5) & late
+        # The reference run's patches of later destinations (here random) must not matter:
+        # the rows' masks replace them (as ACDC started from candidates needs).
+        reference_mask = (
+            early_mask | (torch.rand(graph.n_src, graph.n_dst, generator=generator) < 0.5) & late
+        )
+        _, sources, residuals = run_and_collect_residuals(
+            model, graph, clean, patch_mask=reference_mask & graph.valid, patch_sources=patch
+        )
+        expected = run_patched(model, graph, clean, rows | early_mask, patch)
+        got = run_patched_from_layer(
+            model, graph, residuals[:, :, layer], layer, rows, patch, sources
+        )
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        # The patches matter: the rows differ from the reference run without them.
+        unpatched = run_patched(model, graph, clean, early_mask, patch)
+        assert float((expected - unpatched).abs().max()) > 1e-3
+        positions = torch.tensor([2, 6])
+        at = run_patched_from_layer(
+            model, graph, residuals[:, :, layer], layer, rows, patch, sources, positions=positions
+        )
+        torch.testing.assert_close(at, expected[:, positions], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The search equals the sequential algorithm
+
+
+@pytest.mark.parametrize(
+    ("metric", "tau", "rows_per_forward"),
+    [("kl", 0.001, 64), ("kl", 0.001, 10), ("kl", 0.003, 4), ("logit_diff", 0.03, 9)],
+)
+def test_acdc_equals_the_sequential_algorithm_on_a_tiny_model(tiny, metric, tau, rows_per_forward):
+    # rows_per_forward 4 over 4 prompts: one circuit per forward (the current circuit measured
+    # on its own); 9 and 10: windows of two circuits, often cut short by a kept edge.
+    model, graph = tiny["gpt2"]
+    batch = random_batch(0)
+    reference = sequential_acdc(model, graph, batch, tau, metric)
+    assert 5 <= int(reference[0].sum()) <= graph.n_edges - 20  # a non-trivial circuit
+    result = acdc(
+        model,
+        graph,
+        batch,
+        tau=tau,
+        metric=metric,
+        rows_per_forward=rows_per_forward,
+        progress=False,
+    )
+    assert_same_search(result, reference, tau, kl=metric == "kl")
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_acdc_with_other_ablations_and_prompt_chunks(tiny, ablation):
+    model, graph = tiny["llama"]
+    batch = random_batch(2, n=5)
+    reference = sequential_acdc(model, graph, batch, 0.002, "kl", ablation)
+    result = acdc(model, graph, batch, tau=0.002, ablation=ablation, batch_size=2, progress=False)
+    assert_same_search(result, reference, 0.002)
+
+
+def test_hybrid_start_from_candidates_equals_the_sequential_algorithm(tiny):
+    model, graph = tiny["neox"]
+    batch = random_batch(3)
+    generator = torch.Generator().manual_seed(0)
+    candidates = (torch.rand(graph.n_src, graph.n_dst, generator=generator) < 0.6) & graph.valid
+    reference = sequential_acdc(model, graph, batch, 0.001, candidates=candidates)
+    assert int(reference[0].sum()) >= 5
+    result = acdc(model, graph, batch, tau=0.001, candidates=candidates, progress=False)
+    assert_same_search(result, reference, 0.001)
+    assert not bool((result.mask & ~candidates).any())
+    assert result.visited == int(candidates.sum())
+
+
+def test_acdc_equals_the_sequential_algorithm_on_the_toy_model(toy):
+    model, graph, batch = toy
+    tau = 0.03
+    reference = sequential_acdc(model, graph, batch, tau, "task")
+    assert 10 <= int(reference[0].sum()) <= 100
+    result = acdc(model, graph, batch, tau=tau, metric="task", progress=False)
+    assert_same_search(result, reference, tau, kl=False)
+    # Speculation: far fewer forwards than edges tested (479 with one edge per forward).
+    assert result.visited == graph.n_edges
+    assert result.n_forwards < graph.n_edges / 3
+
+
+# --------------------------------------------------------------------------------------------
+# Progress and checkpoints
+
+
+class Interrupt(KeyboardInterrupt):
+    """A Ctrl-C raised from the progress callback."""
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_result(tiny, tmp_path):
+    model, graph = tiny["gpt2"]
+    batch = random_batch(0)
+    kwargs = {"tau": 0.001, "rows_per_forward": 10, "progress": False}
+    calls = []
+    whole = acdc(model, graph, batch, on_progress=lambda *a: calls.append(a), **kwargs)
+    assert len(calls) == graph.n_dst  # once per destination
+    assert calls[-1] == (graph.n_edges, graph.n_edges, int(whole.mask.sum()))
+
+    path = tmp_path / "acdc.json"
+    finished = []
+
+    def interrupt_at_the_eleventh(visited, total, kept):
+        finished.append(visited)
+        if len(finished) == 11:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        acdc(model, graph, batch, checkpoint=path, on_progress=interrupt_at_the_eleventh, **kwargs)
+    saved = json.loads(path.read_text())
+    # The checkpoint is written before the callback: 11 destinations are done.
+    assert saved["next_destination"] == graph.n_dst - 12
+    assert saved["visited"] == finished[-1] and 0 < finished[-1] < graph.n_edges
+    assert not list(tmp_path.glob(".*.tmp"))
+    resumed = acdc(model, graph, batch, checkpoint=path, **kwargs)
+    assert torch.equal(resumed.mask, whole.mask)
+    assert torch.equal(resumed.deltas, whole.deltas)
+    assert resumed.visited == whole.visited
+    assert resumed.n_forwards < whole.n_forwards  # the first destinations were not redone
+
+    # A finished checkpoint resumes to the same result without testing anything again.
+    again = acdc(model, graph, batch, checkpoint=path, **kwargs)
+    assert torch.equal(again.mask, whole.mask) and torch.equal(again.deltas, whole.deltas)
+    assert again.n_circuits == 0
+
+
+def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
+    model, graph = tiny["gpt2"]
+    batch = random_batch(0)
+    path = tmp_path / "acdc.json"
+    acdc(model, graph, batch, tau=0.01, checkpoint=path, progress=False)
+    with pytest.raises(AcdcError, match="tau"):
+        acdc(model, graph, batch, tau=0.02, checkpoint=path, progress=False)
+    with pytest.raises(AcdcError, match="prompts_sha256"):
+        acdc(model, graph, random_batch(1), tau=0.01, checkpoint=path, progress=False)
+    with pytest.raises(AcdcError, match="candidates"):
+        acdc(model, graph, batch, tau=0.01, candidates=graph.valid, checkpoint=path, progress=False)
+    path.write_text("{not json")
+    with pytest.raises(AcdcError, match="cannot read"):
+        acdc(model, graph, batch, tau=0.01, checkpoint=path, progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and discover
+
+
+def test_acdc_refuses_a_missing_or_negative_tau(tiny):
+    model, graph = tiny["gpt2"]
+    batch = random_batch(0)
+    for tau in (None, -0.1, float("nan")):
+        with pytest.raises(AcdcError, match="tau"):
+            acdc(model, graph, batch, tau=tau, progress=False)
+    with pytest.raises(AcdcError, match="candidates have shape"):
+        acdc(model, graph, batch, tau=0.1, candidates=torch.ones(3, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "acdc"}, "needs tau"),
+        ({"method": "acdc", "tau": -1.0}, "tau must be >= 0"),
+        ({"method": "hybrid", "tau": 0.1}, "needs candidates"),
+        ({"method": "hybrid", "tau": 0.1, "candidates": 0}, "between 1 and"),
+        ({"method": "hybrid", "tau": 0.1, "candidates": 10, "scoring": "exact"}, "scoring"),
+        ({"method": "hybrid", "tau": 0.1, "candidates": 10, "scoring": "eap"}, "all-zero"),
+    ],
+)
+def test_discover_refuses_incomplete_search_arguments(toy, kwargs, message):
+    with pytest.raises(acd.AcdError, match=message):
+        acd.discover("ioi", toy[0], prompts=4, progress=False, **kwargs)
+
+
+def test_discover_acdc_and_hybrid(toy):
+    model, graph, _ = toy
+    common = {"prompts": 8, "seed": 0, "progress": False}
+    circuit = acd.discover("ioi", model, method="acdc", tau=0.03, metric="task", **common)
+    expected = acdc(
+        model,
+        graph,
+        acd.load_task("ioi").make_batch(model.tokenizer, 8, 0),
+        tau=0.03,
+        metric="task",
+        progress=False,
+    )
+    assert torch.equal(circuit.mask, prune_dangling(expected.mask, graph))
+    assert torch.equal(circuit.scores, expected.deltas)
+    assert circuit.params["tau"] == 0.03 and circuit.params["metric"] == "task"
+    assert circuit.metrics["n_selected"] == int(expected.mask.sum())
+    assert 0.5 < circuit.metrics["faithfulness"] < 1.5
+
+    hybrid = acd.discover("ioi", model, method="hybrid", tau=0.001, candidates=60, **common)
+    assert hybrid.params["candidates"] == 60 and hybrid.params["scoring"] == "eap-ig"
+    assert hybrid.params["metric"] == "kl" and hybrid.params["visited"] == 60
+    assert hybrid.n_edges <= 60
+    assert int((hybrid.scores != 0).sum()) <= 60
