@@ -1,14 +1,22 @@
 """The `acd` command line: a thin layer over the Python API.
 
 Every user mistake ends as one line on stderr (``acd: error: ...``) and exit code 2; nothing
-the user typed wrong produces a traceback.
+the user typed wrong produces a traceback. Ctrl-C (and SIGTERM) end with exit code 130 and no
+half-written file (every write is atomic, acd/atomic.py).
+
+Under ``torchrun`` the commands that run the model join the process group
+(acd.distributed.init_from_env), split the prompts over the processes, and only rank 0 prints
+and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import sys
 import time
+from pathlib import Path
 
 from acd.errors import AcdError
 
@@ -16,6 +24,35 @@ EXAMPLES = {
     "models": "example: acd models",
     "tasks": "example: acd tasks",
     "check-model": "example: acd check-model toy --prompts 500",
+    "discover": (
+        "examples:\n"
+        "  acd discover ioi               # embedded model, EAP-IG: graphs/toy/ioi/eap-ig/\n"
+        "  acd discover ioi --method eap-ig --edges 30 --out out/ioi\n"
+        "  acd discover induction --method acdc --tau 0.01\n"
+        "  acd discover greater-than --method hybrid --candidates 100 --tau 0.005\n"
+        "  acd discover my_task.toml --model /path/to/hf_model --device cuda --dtype bfloat16"
+    ),
+    "evaluate": (
+        "examples:\n"
+        "  acd evaluate graphs/toy/ioi/eap/circuit.json\n"
+        "  acd evaluate circuit.json --prompts 500 --seed 1 --ablation mean\n"
+        "  acd evaluate eapig_graph.json --task ioi --model gpt2   # an EAP-IG / MIB graph file"
+    ),
+    "render": (
+        "examples:\n"
+        "  acd render graphs/toy/ioi/eap/circuit.json                # -> circuit.svg beside it\n"
+        "  acd render circuit.json --format png --format pdf --out figures/ioi"
+    ),
+    "compare": (
+        "examples:\n"
+        "  acd compare graphs/toy/ioi/eap/circuit.json graphs/toy/ioi/acdc/circuit.json\n"
+        "  acd compare found.json graphs/reference/gpt2-small/ioi.json"
+    ),
+    "curve": (
+        "examples:\n"
+        "  acd curve ioi                   # eap, eap-ig, exact -> ioi_curve.png, ioi_curve.svg\n"
+        "  acd curve greater-than --methods eap,eap-ig --prompts 50 --out figures/gt"
+    ),
 }
 
 
@@ -81,6 +118,311 @@ def cmd_check_model(args: argparse.Namespace) -> int:
     return 0 if all(f.met is not False for f in figures) else 1
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from acd.discover import discover
+    from acd.distributed import init_from_env, is_main
+
+    init_from_env()
+    _quiet_transformers()
+    main_rank = is_main()
+    model = _load_model_verbose(args.model, args.device, args.dtype, quiet=not main_rank)
+    options = dict(
+        method=args.method,
+        prompts=args.prompts,
+        seed=args.seed,
+        metric=args.metric,
+        ablation=args.ablation,
+        batch_size=args.batch_size,
+        prune=not args.no_prune,
+        progress=main_rank and not args.quiet,
+    )
+    if args.method in ("acdc", "hybrid"):
+        if args.tau is None:
+            raise AcdError(f"--method {args.method} needs --tau (e.g. --tau 0.01)")
+        options.update(tau=args.tau, checkpoint=args.checkpoint)
+        if args.method == "hybrid":
+            if args.candidates is None:
+                raise AcdError("--method hybrid needs --candidates K (edges passed to ACDC)")
+            options.update(candidates=args.candidates, scoring=args.scoring)
+    else:
+        for flag, value in [("--tau", args.tau), ("--candidates", args.candidates)]:
+            if value is not None:
+                raise AcdError(f"{flag} applies to --method acdc/hybrid, not {args.method}")
+        if args.threshold is not None:
+            options.update(selection="threshold", threshold=args.threshold)
+        else:
+            options.update(selection=args.selection, edges=args.edges)
+    if args.method == "eap-ig" or (args.method == "hybrid" and args.scoring == "eap-ig"):
+        options["ig_steps"] = args.ig_steps
+    circuit = discover(args.task, model, **options)
+    if not main_rank:
+        return 0
+    out = Path(args.out) if args.out else default_out_dir(circuit)
+    saved = circuit.save(out, formats=tuple(args.format))
+    print()
+    print(circuit.summary_markdown().rstrip())
+    print()
+    print(f"wrote {len(saved.paths)} files to {out}/: " + ", ".join(p.name for p in saved.paths))
+    if saved.note:
+        print(saved.note)
+    return 0
+
+
+def default_out_dir(circuit) -> Path:
+    """graphs/<model>/<task>/<method>/ under the working directory (names made path-safe)."""
+    parts = [circuit.model, circuit.task, circuit.method]
+    return Path("graphs", *(_path_safe(p) for p in parts))
+
+
+def _path_safe(name: str) -> str:
+    # A model given as a path is named by its folder; hub names keep their owner ("a/b" -> a--b).
+    name = Path(name).name if ("/" in name and Path(name).exists()) else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-") or "model"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from acd.distributed import init_from_env, is_main
+    from acd.evaluate import evaluate_circuit
+    from acd.graph import ComputeGraph
+    from acd.tasks import load_task
+
+    init_from_env()
+    _quiet_transformers()
+    circuit = _load_any_circuit(args.circuit)
+    task_name = args.task or circuit.task
+    model_name = args.model or circuit.model
+    if not task_name or not model_name:
+        raise AcdError(
+            f"{args.circuit} names no {'task' if not task_name else 'model'}; "
+            "give --task and --model"
+        )
+    task = load_task(task_name)
+    model = _load_model_verbose(model_name, args.device, args.dtype, quiet=not is_main())
+    graph = ComputeGraph.from_model(model)
+    if (graph.n_src, graph.n_dst) != (circuit.graph.n_src, circuit.graph.n_dst) or not bool(
+        (graph.valid == circuit.graph.valid).all()
+    ):
+        raise AcdError(
+            f"the circuit's graph ({circuit.graph.n_src} x {circuit.graph.n_dst}) is not the "
+            f"graph of {model_name!r} ({graph.n_src} x {graph.n_dst}); evaluate it on its model"
+        )
+    _warn_if_other_weights(circuit, model)
+    batch = task.make_batch(model.tokenizer, args.prompts, args.seed).to(model.device)
+    metric = args.metric or circuit.params.get("metric") or task.metric
+    if metric == "task":
+        metric = task.metric
+    ablation = args.ablation or circuit.params.get("ablation") or "corrupted"
+    start = time.perf_counter()
+    evaluation = evaluate_circuit(
+        model,
+        graph,
+        batch,
+        circuit.mask,
+        metric=metric,
+        ablation=ablation,
+        batch_size=args.batch_size,
+    )
+    if not is_main():
+        return 0
+    s = evaluation.summary()
+    print(
+        f"{args.circuit}: {circuit.n_edges:,} of {graph.n_edges:,} edges, task {task.name}, "
+        f"model {model.name}, {s['n_prompts']} prompts (seed {args.seed}), metric {s['metric']}, "
+        f"{s['ablation']} ablation"
+    )
+    rows = [("figure", "value")]
+    rows += [
+        ("faithfulness (ratio of means)", f"{s['faithfulness']:.4f}"),
+        ("per prompt: mean ± std", f"{s['faithfulness_mean']:.4f} ± {s['faithfulness_std']:.4f}"),
+        ("per prompt: median", f"{s['faithfulness_median']:.4f}"),
+        ("per prompt: p05 .. p95", f"{s['faithfulness_p05']:.4f} .. {s['faithfulness_p95']:.4f}"),
+        ("degenerate prompts (left out)", str(s["n_degenerate"])),
+        (f"{s['metric']}: circuit", f"{s['metric_circuit']:.4f}"),
+        (f"{s['metric']}: full model", f"{s['metric_full']:.4f}"),
+        (f"{s['metric']}: empty circuit", f"{s['metric_empty']:.4f}"),
+        ("KL(full || circuit)", f"{s['kl_to_full']:.4f}"),
+    ]
+    print(_table(rows))
+    print(f"\n{time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from acd.diagram import write_diagram
+
+    circuit = _load_any_circuit(args.circuit)
+    stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
+    formats = tuple(dict.fromkeys(args.format or ["svg"]))
+    result = write_diagram(circuit, stem, formats, max_edges=args.max_edges)
+    print("wrote " + ", ".join(str(p) for p in result.paths))
+    if result.message:
+        print(result.message)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from acd.evaluate import compare
+
+    a, b = _load_any_circuit(args.a), _load_any_circuit(args.b)
+    if (a.graph.n_src, a.graph.n_dst) != (b.graph.n_src, b.graph.n_dst) or not bool(
+        (a.graph.valid == b.graph.valid).all()
+    ):
+        raise AcdError(
+            f"{args.a} and {args.b} are circuits of different graphs "
+            f"({a.graph.n_src} x {a.graph.n_dst} vs {b.graph.n_src} x {b.graph.n_dst})"
+        )
+    c = compare(a.graph, a.mask, b.mask)
+    both = int((a.mask & b.mask).sum())
+    union = int((a.mask | b.mask).sum())
+    only_a = a.graph.edge_names(a.mask & ~b.mask)
+    only_b = a.graph.edge_names(b.mask & ~a.mask)
+    print(f"A: {args.a} ({a.n_edges:,} edges)\nB: {args.b} ({b.n_edges:,} edges)\n")
+    rows = [("figure", "edges", "nodes")]
+    rows += [
+        ("precision (of A against B)", _fmt(c.edge_precision), _fmt(c.node_precision)),
+        ("recall (of B by A)", _fmt(c.edge_recall), _fmt(c.node_recall)),
+        ("F1", _fmt(c.edge_f1), _fmt(c.node_f1)),
+        ("Jaccard |A & B| / |A | B|", _fmt(both / union if union else 1.0), ""),
+        ("in both", f"{both:,}", ""),
+    ]
+    if a.mask.any() and a.scores.abs().sum() > 0:
+        ranked = compare(a.graph, a.scores, b.mask)
+        rows.append(
+            ("ROC AUC of A's scores for B", _fmt(ranked.edge_roc_auc), _fmt(ranked.node_roc_auc))
+        )
+    print(_table(rows))
+    for label, edges in [("only in A", only_a), ("only in B", only_b)]:
+        print(f"\n{label}: {len(edges):,} edges")
+        for src, dst in edges[: args.list]:
+            print(f"  {src} -> {dst}")
+        if len(edges) > args.list:
+            print(f"  ... and {len(edges) - args.list:,} more (--list N shows more)")
+    return 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from acd.attribution import METHODS, attribute
+    from acd.curves import cmd, cpr, plot_faithfulness
+    from acd.distributed import init_from_env, is_main
+    from acd.graph import ComputeGraph
+    from acd.tasks import load_task
+
+    init_from_env()
+    _quiet_transformers()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise AcdError(
+            f"--methods: unknown {', '.join(map(repr, unknown)) or 'nothing given'}; "
+            f"choose from {', '.join(METHODS)} (ACDC selects one circuit, it has no curve)"
+        )
+    task = load_task(args.task)
+    main_rank = is_main()
+    model = _load_model_verbose(args.model, args.device, args.dtype, quiet=not main_rank)
+    graph = ComputeGraph.from_model(model)
+    batch = task.make_batch(model.tokenizer, args.prompts, args.seed).to(model.device)
+    metric = args.metric or task.metric
+    curves, rows = {}, [("method", "CPR (higher better)", "CMD (lower better)", "seconds")]
+    for method in methods:
+        start = time.perf_counter()
+        scores = attribute(
+            model,
+            graph,
+            batch,
+            method,
+            metric=metric,
+            ablation=args.ablation,
+            batch_size=args.batch_size,
+            progress=main_rank,
+        )
+        area, _ = cpr(
+            model,
+            graph,
+            batch,
+            scores,
+            metric=metric,
+            ablation=args.ablation,
+            batch_size=args.batch_size,
+        )
+        distance, curve = cmd(
+            model,
+            graph,
+            batch,
+            scores,
+            metric=metric,
+            ablation=args.ablation,
+            batch_size=args.batch_size,
+        )
+        curves[method] = curve
+        rows.append(
+            (method, f"{area:.4f}", f"{distance:.4f}", f"{time.perf_counter() - start:.1f}")
+        )
+    if not main_rank:
+        return 0
+    stem = Path(args.out) if args.out else Path(f"{_path_safe(task.name)}_curve")
+    title = f"{task.name} on {model.name}: faithfulness by edges kept (|score| order)"
+    paths = plot_faithfulness(curves, stem, title=title)
+    print(_table(rows))
+    print("\nfaithfulness at each point (edges kept by |score|):")
+    header = ("edges",) + tuple(methods)
+    first = curves[methods[0]]
+    table = [header] + [
+        (f"{n:,} ({p:g} %)",) + tuple(f"{curves[m].faithfulness[i]:.3f}" for m in methods)
+        for i, (p, n) in enumerate(zip(first.percents, first.n_edges))
+    ]
+    print(_table(table))
+    print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _load_model_verbose(name: str, device, dtype, *, quiet: bool = False):
+    from acd.models import load_model
+
+    start = time.perf_counter()
+    if not quiet:
+        print(f"loading model {name} ...", end="", flush=True)
+    model = load_model(name, device=device, dtype=dtype)
+    if not quiet:
+        print(
+            f" {model.spec.n_layers} layers x {model.spec.n_heads} heads on {model.device} "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+    return model
+
+
+def _load_any_circuit(path: str):
+    """A circuit.json of acd, or an EAP-IG / MIB graph JSON (recognised by its "cfg" key)."""
+    import json
+
+    from acd.export import load_circuit, read_eapig_json
+
+    file = Path(path)
+    if not file.is_file():
+        raise AcdError(f"no circuit file at {path}")
+    try:
+        head = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AcdError(f"{path} is not a JSON circuit file ({err})") from None
+    if isinstance(head, dict) and "cfg" in head and "edges" in head:
+        return read_eapig_json(file)
+    return load_circuit(file)
+
+
+def _warn_if_other_weights(circuit, model) -> None:
+    from acd.models import weights_sha256
+
+    if circuit.model_sha256 and weights_sha256(model) != circuit.model_sha256:
+        print(
+            f"warning: {model.name}'s weights differ from those the circuit was found on "
+            f"(sha256 {circuit.model_sha256[:12]}...)",
+            file=sys.stderr,
+        )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _quiet_transformers() -> None:
     """No per-load "Loading weights" bar: the command prints its own, shorter account.
 
@@ -133,7 +475,142 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=_positive_int, default=500, help="prompts per task")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (held out from training)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
+
+    p = add("discover", "Find a task's circuit in a model and write its files.", cmd_discover)
+    p.add_argument("task", help="shipped task name (acd tasks) or a .toml/.csv/.jsonl file")
+    _model_options(p)
+    p.add_argument(
+        "--method",
+        default="eap-ig",
+        choices=["eap", "eap-ig", "exact", "acdc", "hybrid"],
+        help="edge scores (eap, eap-ig, exact) then top-n selection, or a search (acdc; "
+        "hybrid = eap/eap-ig scores, then ACDC over the best --candidates). Default: eap-ig",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--edges",
+        type=_nonnegative_int,
+        help="edges to keep (default: 5 %% of the graph's edges, at most 200)",
+    )
+    size.add_argument("--threshold", type=float, help="keep every edge with |score| >= T")
+    p.add_argument(
+        "--selection",
+        choices=["topn", "greedy"],
+        default="topn",
+        help="with --edges: the best N by |score| (topn), or grown from the logits (greedy)",
+    )
+    p.add_argument(
+        "--tau",
+        type=float,
+        help="acdc/hybrid: remove an edge if the metric changes by less than this",
+    )
+    p.add_argument("--candidates", type=_positive_int, help="hybrid: edges passed to ACDC")
+    p.add_argument(
+        "--scoring",
+        choices=["eap", "eap-ig"],
+        default="eap-ig",
+        help="hybrid: how candidates are scored (eap-ig)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="acdc/hybrid: checkpoint file; an interrupted run "
+        "resumes from it with the identical result",
+    )
+    _prompt_options(p)
+    p.add_argument("--ig-steps", type=_positive_int, default=5, help="eap-ig steps (5)")
+    p.add_argument(
+        "--no-prune",
+        action="store_true",
+        help="keep selected edges that lie on no input -> logits path",
+    )
+    p.add_argument("--out", help="output folder (default: graphs/<model>/<task>/<method>/)")
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=["svg", "png", "pdf"],
+        default=None,
+        help="diagram formats besides circuit.dot (default: svg; repeat for more)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add("evaluate", "Measure a saved circuit's faithfulness on fresh prompts.", cmd_evaluate)
+    p.add_argument("circuit", help="circuit.json (acd) or an EAP-IG / MIB graph JSON")
+    p.add_argument("--task", help="task (default: the circuit's)")
+    _model_options(p, default=None, help_default="the circuit's")
+    _prompt_options(p, evaluate=True)
+
+    p = add("render", "Draw a saved circuit with Graphviz.", cmd_render)
+    p.add_argument("circuit", help="circuit.json (acd) or an EAP-IG / MIB graph JSON")
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=["svg", "png", "pdf"],
+        help="output format (default svg; repeat for more); the .dot is always written",
+    )
+    p.add_argument("--out", help="path stem of the outputs (default: beside the circuit file)")
+    p.add_argument(
+        "--max-edges",
+        type=_positive_int,
+        default=300,
+        help="draw at most this many edges, the largest |score| (300)",
+    )
+
+    p = add("compare", "Compare two circuits edge by edge.", cmd_compare)
+    p.add_argument("a", help="circuit A (circuit.json or EAP-IG JSON)")
+    p.add_argument("b", help="circuit B, e.g. a reference circuit from graphs/reference/")
+    p.add_argument("--list", type=int, default=20, help="edges listed per side (20)")
+
+    p = add("curve", "Chart faithfulness against circuit size for scoring methods.", cmd_curve)
+    p.add_argument("task", help="shipped task name or a task file")
+    p.add_argument(
+        "--methods",
+        default="eap,eap-ig,exact",
+        help="comma-separated scoring methods (eap,eap-ig,exact)",
+    )
+    _model_options(p)
+    _prompt_options(p)
+    p.add_argument("--out", help="path stem of the chart (default: <task>_curve)")
     return parser
+
+
+def _model_options(
+    p: argparse.ArgumentParser, *, default: str | None = "toy", help_default: str = "toy"
+) -> None:
+    p.add_argument(
+        "--model",
+        default=default,
+        help=f"model name, local HF directory or hub name (default: {help_default})",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16", "float64"],
+        help="model dtype (default float32)",
+    )
+
+
+def _prompt_options(p: argparse.ArgumentParser, *, evaluate: bool = False) -> None:
+    p.add_argument("--prompts", type=_positive_int, default=100, help="prompt pairs (100)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1 if evaluate else 0,
+        help=f"prompt seed ({1 if evaluate else 0}"
+        + ("; differs from discover's 0, so prompts are fresh)" if evaluate else ")"),
+    )
+    p.add_argument(
+        "--metric",
+        choices=["logit_diff", "prob_diff", "logprob", "kl"],
+        help="metric (default: the task's; kl for acdc/hybrid)",
+    )
+    p.add_argument(
+        "--ablation",
+        choices=["corrupted", "zero", "mean"],
+        default=None if evaluate else "corrupted",
+        help="what removed edges carry (corrupted)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, help="prompts per forward (default: all)")
 
 
 def _positive_int(text: str) -> int:
@@ -146,9 +623,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "format", None) is None and args.command == "discover":
+        args.format = ["svg"]
+    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so atomic writes clean up.
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return args.func(args)
     except AcdError as err:
@@ -157,6 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("acd: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

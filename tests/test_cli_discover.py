@@ -1,0 +1,246 @@
+"""The circuit commands end to end: discover, evaluate, render, compare, curve; interrupts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from acd.export import load_circuit, read_networkx
+
+RUN_FILES = {
+    "circuit.json",
+    "circuit.graphml",
+    "circuit.nodelink.json",
+    "summary.md",
+    "circuit.dot",
+    "circuit.svg",
+}
+
+
+def acd_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "acd", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def ioi_run(tmp_path_factory) -> Path:
+    """One discover run into the default folder, shared by the tests that read its files."""
+    cwd = tmp_path_factory.mktemp("run")
+    result = acd_cli("discover", "ioi", "--prompts", "8", "--edges", "20", "--quiet", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    out = cwd / "graphs" / "toy" / "ioi" / "eap-ig"
+    (out / "stdout.txt").write_text(result.stdout)
+    return out
+
+
+def test_discover_writes_every_file_into_the_default_folder(ioi_run):
+    assert {p.name for p in ioi_run.iterdir()} >= RUN_FILES
+    assert not [p for p in ioi_run.iterdir() if p.name.startswith(".")]  # no staging left
+    circuit = load_circuit(ioi_run / "circuit.json")
+    assert (circuit.task, circuit.model, circuit.method) == ("ioi", "toy", "eap-ig")
+    assert 0 < circuit.n_edges <= 20 and len(circuit.model_sha256) == 64
+    stdout = (ioi_run / "stdout.txt").read_text()
+    assert f"Edges kept: {circuit.n_edges} of 479" in stdout and "wrote 6 files" in stdout
+    # The networkx files hold exactly the circuit's edges, q/k/v apart.
+    for name in ("circuit.graphml", "circuit.nodelink.json"):
+        graph = read_networkx(ioi_run / name)
+        assert isinstance(graph, nx.MultiDiGraph) and graph.number_of_edges() == circuit.n_edges
+        assert sorted(key for *_, key in graph.edges(keys=True)) == sorted(
+            d for _, d in circuit.edges
+        )
+
+
+def test_svg_is_well_formed_and_names_every_node(ioi_run):
+    circuit = load_circuit(ioi_run / "circuit.json")
+    root = ET.parse(ioi_run / "circuit.svg").getroot()
+    text = " ".join(t for t in root.itertext())
+    for node in circuit.nodes:
+        assert node in text, node
+    assert "ioi" in text and "faithfulness" in text
+
+
+def test_evaluate_render_and_compare_read_the_run(ioi_run, tmp_path):
+    circuit_file = str(ioi_run / "circuit.json")
+    result = acd_cli("evaluate", circuit_file, "--prompts", "6", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "faithfulness (ratio of means)" in result.stdout and "6 prompts (seed 1)" in result.stdout
+    )
+
+    result = acd_cli("render", circuit_file, "--format", "png", "--out", "fig/ioi", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    png = (tmp_path / "fig" / "ioi.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "fig" / "ioi.dot").exists()
+
+    result = acd_cli("compare", circuit_file, circuit_file, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jaccard = next(ln for ln in result.stdout.splitlines() if ln.startswith("Jaccard"))
+    assert jaccard.split()[-1] == "1.000" and "only in A: 0 edges" in result.stdout
+
+
+def test_compare_counts_edges_on_each_side(ioi_run, tmp_path):
+    from acd.export import save_circuit_json
+
+    circuit = load_circuit(ioi_run / "circuit.json")
+    kept = circuit.mask.nonzero().tolist()
+    smaller = load_circuit(ioi_run / "circuit.json")
+    for i, j in kept[:3]:  # B drops three of A's edges
+        smaller.mask[i, j] = False
+    save_circuit_json(smaller, tmp_path / "b.json")
+    result = acd_cli(
+        "compare", str(ioi_run / "circuit.json"), str(tmp_path / "b.json"), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    n = circuit.n_edges
+    assert "only in A: 3 edges" in result.stdout and "only in B: 0 edges" in result.stdout
+    rows = {ln.split("  ")[0]: ln.split() for ln in result.stdout.splitlines()}
+    assert float(rows["precision (of A against B)"][-2]) == pytest.approx((n - 3) / n, abs=1e-3)
+    assert float(rows["recall (of B by A)"][-2]) == 1.0
+
+
+@pytest.mark.parametrize("task", ["greater-than", "induction"])
+def test_discover_other_tasks_into_a_chosen_folder(task, tmp_path):
+    result = acd_cli(
+        "discover",
+        task,
+        "--prompts",
+        "6",
+        "--edges",
+        "15",
+        "--method",
+        "eap",
+        "--out",
+        "out",
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= RUN_FILES
+    assert load_circuit(tmp_path / "out" / "circuit.json").task == task
+
+
+def test_curve_writes_the_chart_and_areas(tmp_path):
+    result = acd_cli(
+        "curve", "ioi", "--methods", "eap", "--prompts", "6", "--out", "c", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "c.png").exists() and (tmp_path / "c.svg").exists()
+    assert "CPR" in result.stdout and "479 (100 %)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["discover", "no-such-task"], "no-such-task"),
+        (["discover", "ioi", "--method", "acdc"], "--tau"),
+        (["discover", "ioi", "--tau", "0.1"], "--tau applies"),
+        (["discover", "ioi", "--edges", "100000", "--prompts", "2"], "cannot keep 100000"),
+        (["discover", "ioi", "--model", "/no/such/model"], "/no/such/model"),
+        (["evaluate", "missing.json"], "no circuit file"),
+        (["evaluate", "notjson.json"], "not a JSON"),
+        (["compare", "small.json", "big.json"], "different graphs"),
+        (["curve", "ioi", "--methods", "acdc"], "unknown"),
+        (["render", "notjson.json"], "not a JSON"),
+    ],
+)
+def test_user_mistakes_give_one_line(args, message, tmp_path):
+    (tmp_path / "notjson.json").write_text("this is not json")
+    _write_circuit(tmp_path / "small.json", n_layers=1)
+    _write_circuit(tmp_path / "big.json", n_layers=2)
+    result = acd_cli(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("acd: error:") and message in lines[0], lines
+
+
+def _write_circuit(path: Path, n_layers: int) -> None:
+    import torch
+
+    from acd.circuit import Circuit
+    from acd.export import save_circuit_json
+    from acd.graph import ComputeGraph, GraphShape
+
+    graph = ComputeGraph(GraphShape(n_layers=n_layers, n_heads=2, n_kv_heads=2))
+    mask = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
+    mask[0, -1] = True
+    save_circuit_json(Circuit(graph, mask, mask.float(), "ioi", "toy", "eap"), path)
+
+
+def test_help_of_every_circuit_command_has_examples(tmp_path):
+    for command in ["discover", "evaluate", "render", "compare", "curve"]:
+        result = acd_cli(command, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and f"acd {command} " in result.stdout.split("examples:")[1]
+
+
+# --- interrupting a run while it writes ---------------------------------------------------
+
+SLOW_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import acd.export as export
+
+    original = export.write_data_files
+
+    def slow(circuit, out_dir):
+        paths = original(circuit, out_dir)
+        print("WRITING", flush=True)   # the data files exist in the staging folder now
+        time.sleep(60)
+        return paths
+
+    export.write_data_files = slow
+    from acd.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupting_a_run_while_it_writes_leaves_no_partial_file(sig, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "circuit.json").write_text("previous run")  # an earlier result must survive whole
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_WRITER)
+    args = ["discover", "ioi", "--prompts", "4", "--edges", "10", "--method", "eap"]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args, "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        if "WRITING" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == ["circuit.json"] and (out / "circuit.json").read_text() == "previous run"
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    if sig == signal.SIGKILL:
+        assert len(hidden) <= 1  # the staging folder of a killed process ...
+        result = acd_cli(*args, "--out", str(out), "--quiet", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # ... goes next run
+        assert json.loads((out / "circuit.json").read_text())["format"] == "acd-circuit"
+    else:
+        assert proc.returncode == 130 and hidden == []
