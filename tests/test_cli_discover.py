@@ -244,3 +244,32 @@ def test_interrupting_a_run_while_it_writes_leaves_no_partial_file(sig, tmp_path
         assert json.loads((out / "circuit.json").read_text())["format"] == "acd-circuit"
     else:
         assert proc.returncode == 130 and hidden == []
+
+
+@pytest.mark.parametrize("method", [["--method", "eap-ig"], ["--method", "acdc", "--tau", "0.02"]])
+def test_torchrun_with_two_processes_finds_the_same_circuit(method, tmp_path):
+    """`torchrun --nproc_per_node=2 -m acd discover` splits the prompts over two gloo
+    processes; the circuit and its scores equal a single process's."""
+    args = ["discover", "ioi", "--prompts", "7", *method, "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    dist = subprocess.run(
+        [*launcher, "--nproc_per_node=2", "-m", "acd", *args, "--out", "two"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert dist.returncode == 0, dist.stderr[-2000:]
+    assert dist.stdout.count("wrote 6 files") == 1  # only rank 0 writes and prints
+    single = acd_cli(*args, "--out", "one", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    a, b = (
+        load_circuit(tmp_path / "two" / "circuit.json"),
+        load_circuit(tmp_path / "one" / "circuit.json"),
+    )
+    assert a.edges == b.edges
+    scale = float(b.scores.abs().max())
+    assert float((a.scores - b.scores).abs().max()) <= 1e-6 * scale
+    assert a.metrics["faithfulness"] == pytest.approx(b.metrics["faithfulness"], rel=1e-6)

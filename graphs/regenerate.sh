@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerate the gallery: `acd discover` with its defaults (EAP-IG, 5 % of the edges, 100
+# prompts, seed 0) on the embedded model, for each shipped task, into graphs/toy/<task>/eap-ig/.
+#
+#   bash graphs/regenerate.sh            # uses `acd` from .venv/ if there is one, else PATH
+set -euo pipefail
+cd "$(dirname "$0")/.."
+acd=acd
+if [ -x .venv/bin/acd ]; then acd=.venv/bin/acd; fi
+for task in ioi greater-than induction; do
+  "$acd" discover "$task" --quiet
+done
