@@ -163,6 +163,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
     print(circuit.summary_markdown().rstrip())
     print()
     print(f"wrote {len(saved.paths)} files to {out}/: " + ", ".join(p.name for p in saved.paths))
+    diagrams = [p for p in saved.paths if p.suffix in (".svg", ".png", ".pdf")]
+    if diagrams:
+        print(f"diagram: {diagrams[0]}")
     if saved.note:
         print(saved.note)
     return 0

@@ -311,8 +311,10 @@ class _HookedRun:
     # --- running -------------------------------------------------------------------------
 
     def run(self) -> torch.Tensor:
-        """The logits [batch, pos, d_vocab]."""
-        return self.model.bridge.run_with_hooks(self.tokens, fwd_hooks=self.fwd_hooks())
+        """The logits [batch, pos, d_vocab], on ``model.device`` (a model split by device_map
+        may return them from its last device; metrics index them with the batch's tensors)."""
+        logits = self.model.bridge.run_with_hooks(self.tokens, fwd_hooks=self.fwd_hooks())
+        return logits.to(self.model.device)
 
 
 def _like(model: ModelAdapter) -> dict:
@@ -450,7 +452,8 @@ def run_with_gradients(
     d_model = model.spec.d_model
     blocks = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(run.grad_leaves, grads)]
     # The hooks fire in destination index order (q, k, v, MLP per layer, then logits).
-    grads = torch.cat([g.reshape(batch, pos, -1, d_model) for g in blocks], dim=2)
+    # .to: under device_map, each destination's gradient lives on its own layer's device.
+    grads = torch.cat([g.reshape(batch, pos, -1, d_model).to(model.device) for g in blocks], dim=2)
     return metric.detach(), run.sources, grads
 
 
@@ -579,7 +582,7 @@ def run_and_collect_residuals(
     # restart at ``n_layers`` adds its correction to).
     hooks = [(name, recorder(i)) for i, name in enumerate(names)] + run.fwd_hooks()
     with torch.no_grad():
-        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks).to(model.device)
     return logits, run.sources, residuals
 
 
@@ -660,6 +663,7 @@ def run_from_layer(
     # ``layer`` onward; the earlier blocks are taken out of its list for this call.
     with torch.no_grad(), _BlocksFrom(model, layer):
         logits = model.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
+    logits = logits.to(model.device)  # from the last device of a model split by device_map
     if positions is not None and not kwargs:
         logits = logits[:, positions.to(logits.device)]
     return logits
@@ -764,6 +768,7 @@ def run_patched_from_layer(
         kwargs["logits_to_keep"] = positions.to(model.device)
     with torch.no_grad(), _BlocksFrom(model, layer):
         logits = model.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
+    logits = logits.to(model.device)  # from the last device of a model split by device_map
     if positions is not None and not kwargs:
         logits = logits[:, positions.to(logits.device)]
     return logits
