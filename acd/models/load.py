@@ -154,7 +154,8 @@ class ModelAdapter:
 
     ``name`` is what the user asked for (``toy``, a path, ``gpt2``); ``path`` is where it was
     loaded from (a local directory, or the hub name for an online hub load); ``source`` is one of
-    ``embedded``, ``local``, ``hf-cache``, ``hub``.
+    ``embedded``, ``local``, ``hf-cache``, ``hub``, or ``memory`` for a model passed as
+    ``hf_model`` (``path`` is then where its tokenizer came from).
 
     Forward passes take token ids, ``[batch, pos]`` int64 on ``device``, and return logits
     ``[batch, pos, d_vocab]``: ``adapter.bridge(tokens)``, or with hooks
@@ -320,8 +321,12 @@ def load_model(
     *,
     device_map: str | dict[str, str | int] | None = None,
     n_devices: int | None = None,
+    hf_model: torch.nn.Module | None = None,
 ) -> ModelAdapter:
     """Load a model by embedded name, local Hugging Face directory, or hub name.
+
+    Or wrap a Hugging Face model already in memory (``hf_model``), e.g. one built with random
+    weights directly on a GPU for a benchmark, so that it is never written to disk.
 
     Args:
         spec: ``toy`` (an embedded model), ``/path/to/hf_dir``, or a hub name such as ``gpt2``.
@@ -335,20 +340,40 @@ def load_model(
             embedding's device, where token ids and the engine's buffers go (docs/scale.md).
         n_devices: split the model evenly across this many CUDA devices (the bridge turns it
             into a balanced device_map); 1 or None: one device.
+        hf_model: a Hugging Face causal LM (``LlamaForCausalLM(config)``, ...) to wrap as it
+            is: it stays on its device(s) in its dtype, and the adapter's ``device`` and
+            ``dtype`` are those of its first parameter (``device`` / ``dtype``, if given, must
+            agree). ``spec`` then only says where the tokenizer comes from: a directory with a
+            tokenizer (weights not needed) or a hub name; the architecture is read from
+            ``hf_model.config``. The model is changed in place: eval mode, parameters frozen,
+            eager attention (the bridge's hooks need it). Not with ``device_map`` /
+            ``n_devices``: place the model before passing it. ``source`` is ``memory`` and
+            ``weights_hash()`` hashes the state dict.
 
     Raises:
         ModelNotAvailable: a hub name that cannot be fetched and is not cached.
         InvalidModelDir: a path that is not a Hugging Face model directory.
         UnsupportedModel: an architecture without the per-head hooks the engine needs.
+        ModelError: ``hf_model`` with ``device_map`` / ``n_devices``, or with a ``device`` or
+            ``dtype`` other than its own.
     """
     name = str(spec)
-    resolved = _resolve(name)
+    if hf_model is not None:
+        if device_map is not None or n_devices is not None:
+            raise ModelError("hf_model is already placed: pass it without device_map / n_devices")
+        device, dtype = _in_memory_placement(hf_model, device, dtype)
+    resolved = _resolve(name, need_weights=hf_model is None)
+    if hf_model is not None:
+        # The weights are the in-memory ones, not whatever files sit next to the tokenizer.
+        resolved = _Resolved("memory", resolved.location, None)
     split = device_map is not None or (n_devices is not None and n_devices > 1)
     if split and device is not None:
         raise ModelError("pass either device or device_map / n_devices, not both")
     device = None if split else _resolve_device(device)
     dtype = _resolve_dtype(dtype)
     placement = {"device_map": device_map, "n_devices": n_devices} if split else {}
+    if hf_model is not None:
+        placement["hf_model"] = hf_model
     bridge = _boot(name, resolved, device, dtype, **placement)
     _configure_hooks(bridge, name)
     adapter = ModelAdapter(
@@ -371,15 +396,18 @@ def load_model(
     return adapter
 
 
-def _resolve(spec: str) -> _Resolved:
-    """Decide what ``spec`` names: an embedded model, a local directory, or a hub repository."""
+def _resolve(spec: str, need_weights: bool = True) -> _Resolved:
+    """Decide what ``spec`` names: an embedded model, a local directory, or a hub repository.
+
+    ``need_weights=False`` (the weights come from an in-memory model): a directory needs only
+    config.json and a tokenizer."""
     if spec in embedded_model_names():
         path = embedded_models_dir() / spec
-        _check_model_dir(path)
+        _check_model_dir(path, need_weights)
         return _Resolved("embedded", str(path), path)
     path = Path(spec).expanduser()
     if path.exists():
-        _check_model_dir(path)
+        _check_model_dir(path, need_weights)
         return _Resolved("local", str(path), path)
     if _looks_like_path(spec):
         raise InvalidModelDir(f"no such model directory: {spec}")
@@ -387,7 +415,7 @@ def _resolve(spec: str) -> _Resolved:
         return _Resolved("hub", spec, None)
     snapshot = _cached_snapshot(spec)
     if snapshot is not None:
-        _check_model_dir(snapshot)  # a partial download may lack weights or tokenizer
+        _check_model_dir(snapshot, need_weights)  # a partial download may lack weights or tokenizer
         return _Resolved("hf-cache", str(snapshot), snapshot)
     raise ModelNotAvailable(
         f"model {spec!r} could not be fetched from the Hugging Face hub (no network) and is not "
@@ -402,13 +430,14 @@ def _looks_like_path(spec: str) -> bool:
     return spec.count("/") > 1 or "\\" in spec
 
 
-def _check_model_dir(path: Path) -> None:
-    """Refuse, in one line, a path that is not a Hugging Face model directory with safetensors."""
+def _check_model_dir(path: Path, need_weights: bool = True) -> None:
+    """Refuse, in one line, a path that is not a Hugging Face model directory with safetensors
+    (``need_weights=False``: the safetensors may be missing, the tokenizer may not)."""
     if not path.is_dir():
         raise InvalidModelDir(f"{path} is a file, not a Hugging Face model directory")
     if not (path / "config.json").is_file():
         raise InvalidModelDir(f"{path} is not a Hugging Face model directory (no config.json)")
-    if not _safetensors_files(path):
+    if need_weights and not _safetensors_files(path):
         # No pickles: weights must come as safetensors (see DESIGN.md, "Models").
         raise InvalidModelDir(f"{path} has no *.safetensors weights (acd loads no pickled weights)")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -446,6 +475,27 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def _in_memory_placement(
+    hf_model: torch.nn.Module, device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> tuple[str, torch.dtype]:
+    """The device and dtype of an in-memory model (its first parameter's), checked against
+    what the caller asked for: the model is wrapped as it is, never moved or cast."""
+    try:
+        first = next(hf_model.parameters())
+    except (AttributeError, StopIteration) as err:
+        raise ModelError("hf_model has no parameters: pass a Hugging Face model") from err
+    if device is not None and not _same_device(torch.device(device), first.device):
+        raise ModelError(f"hf_model is on {first.device}, not {device}: move it first")
+    if dtype is not None and _resolve_dtype(dtype) != first.dtype:
+        raise ModelError(f"hf_model is in {first.dtype}, not {dtype}: cast it first")
+    return str(first.device), first.dtype
+
+
+def _same_device(asked: torch.device, actual: torch.device) -> bool:
+    """``cuda`` (no index) matches any CUDA device; otherwise type and index must agree."""
+    return asked.type == actual.type and asked.index in (None, actual.index)
+
+
 def _resolve_device(device: str | torch.device | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -469,7 +519,8 @@ def _boot(
     """The one loading call, for every kind of spec; its failures become one-line errors.
 
     ``placement``: ``device_map`` / ``n_devices`` for a model split across devices (then
-    ``device`` is None: the bridge refuses both)."""
+    ``device`` is None: the bridge refuses both), or ``hf_model``, an in-memory model to wrap
+    (``device`` and ``dtype`` are then its own; the bridge takes its config, not the spec's)."""
     # Imported here, not at module import: transformer_lens takes seconds to import, and
     # `acd models` or `import acd` should not pay for it.
     from safetensors import SafetensorError
