@@ -656,6 +656,18 @@ def run_from_layer(
             for slot in destination_hooks(model, graph)
             if bool(touched[slot.start : slot.stop].any())
         ]
+    return _run_blocks_from(model, residual, layer, hooks, positions)
+
+
+def _run_blocks_from(
+    model: ModelAdapter,
+    residual: torch.Tensor,
+    layer: int,
+    hooks: list[tuple[str, Callable]],
+    positions: torch.Tensor | None,
+) -> torch.Tensor:
+    """Blocks ``layer`` .. end with ``hooks`` (the first replaces the input with ``residual``);
+    logits [batch, pos or k, d_vocab] on ``model.device``, only at ``positions`` if given."""
     kwargs = {}
     if positions is not None and _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = positions.to(model.device)
@@ -763,15 +775,7 @@ def run_patched_from_layer(
             for slot in destination_hooks(model, graph)
             if slot.start >= first_dst
         ]
-    kwargs = {}
-    if positions is not None and _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = positions.to(model.device)
-    with torch.no_grad(), _BlocksFrom(model, layer):
-        logits = model.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
-    logits = logits.to(model.device)  # from the last device of a model split by device_map
-    if positions is not None and not kwargs:
-        logits = logits[:, positions.to(logits.device)]
-    return logits
+    return _run_blocks_from(model, residual, layer, hooks, positions)
 
 
 def _accepts_logits_to_keep(model: ModelAdapter) -> bool:

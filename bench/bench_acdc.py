@@ -22,40 +22,19 @@ IOI prompts; ACDC over every edge once, reported as seconds per edge.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_engine import build_gpt2_dir  # the script's own folder is on sys.path
 
 import acd
 from acd.acdc import ROWS_PER_FORWARD, acdc
 from acd.graph import ComputeGraph
 from acd.metrics import get_metric
-from acd.models.load import embedded_models_dir
 from acd.patching import patch_values, run_and_collect, run_patched
-
-GPT2_VOCAB = 50257
-
-
-def build_gpt2_dir(directory: Path, n_layer: int) -> Path:
-    """A GPT-2-small-shaped model (``n_layer`` layers) with random weights and a word-level
-    tokenizer (the toy's words, padded to 50257 entries), as an ordinary HF model directory."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    toy = embedded_models_dir() / "toy"
-    tokenizer = json.loads((toy / "tokenizer.json").read_text())
-    vocab = tokenizer["model"]["vocab"]
-    for i in range(len(vocab), GPT2_VOCAB):
-        vocab[f"<dummy{i}>"] = i
-    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
-    (directory / "tokenizer_config.json").write_text((toy / "tokenizer_config.json").read_text())
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=GPT2_VOCAB, bos_token_id=0, eos_token_id=0, n_layer=n_layer)
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    return directory
 
 
 def plain_acdc(model, graph, batch, tau: float) -> tuple[torch.Tensor, int]:

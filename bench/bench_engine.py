@@ -58,9 +58,10 @@ CIRCUIT_EDGES = 200
 # Models
 
 
-def build_gpt2_small_dir(directory: Path) -> Path:
-    """A GPT-2-small-shaped model with random weights and a word-level tokenizer (the toy's
-    words, padded to 50257 entries with dummy tokens), as an ordinary HF model directory."""
+def build_gpt2_dir(directory: Path, n_layer: int = 12) -> Path:
+    """A GPT-2-small-shaped model (``n_layer`` layers) with random weights and a word-level
+    tokenizer (the toy's words, padded to 50257 entries with dummy tokens), as an ordinary HF
+    model directory."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     toy = embedded_models_dir() / "toy"
@@ -71,7 +72,7 @@ def build_gpt2_small_dir(directory: Path) -> Path:
     (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
     (directory / "tokenizer_config.json").write_text((toy / "tokenizer_config.json").read_text())
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=GPT2_VOCAB, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(vocab_size=GPT2_VOCAB, bos_token_id=0, eos_token_id=0, n_layer=n_layer)
     GPT2LMHeadModel(config).save_pretrained(directory)
     return directory
 
@@ -334,7 +335,7 @@ def main() -> None:
         del toy
     if args.only in (None, "gpt2-small"):
         with tempfile.TemporaryDirectory() as tmp:
-            model = acd.load_model(build_gpt2_small_dir(Path(tmp)), device="cpu")
+            model = acd.load_model(build_gpt2_dir(Path(tmp)), device="cpu")
         results.append(bench_model("gpt2-small", model, args))
     print(report(results, args))
 

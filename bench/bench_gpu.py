@@ -13,7 +13,7 @@ crowd it out. ``--budget-s`` bounds the whole run: exact scoring and ACDC get at
 left of it (and their own limits), so that the script ends within a device session's command
 limit however slow a figure turns out.
 
-a. GPT-2 small (``GPT2Config()``, random weights, vocabulary 50257: bench_acdc.build_gpt2_dir),
+a. GPT-2 small (``GPT2Config()``, random weights, vocabulary 50257: bench_engine.build_gpt2_dir),
    100 IOI prompts of 16 tokens, in fp32 and bf16: a bare Hugging Face forward F, EAP, EAP-IG
    (5 steps), exact scoring of all 32,491 edges, and ACDC over all edges (KL, ``--tau``,
    ``--rows`` rows per forward); seconds and the ratio to F. Exact scoring is first timed on
@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_acdc, run from anywhere
 
-from bench_acdc import build_gpt2_dir  # noqa: E402
+from bench_engine import build_gpt2_dir  # noqa: E402
 
 import acd  # noqa: E402
 from acd.acdc import acdc  # noqa: E402
