@@ -605,13 +605,16 @@ def _prompt_options(p: argparse.ArgumentParser, *, evaluate: bool = False) -> No
     p.add_argument(
         "--metric",
         choices=["logit_diff", "prob_diff", "logprob", "kl"],
-        help="metric (default: the task's; kl for acdc/hybrid)",
+        help="metric (default: the circuit's)"
+        if evaluate
+        else "metric (default: the task's; the search's is kl for acdc/hybrid)",
     )
     p.add_argument(
         "--ablation",
         choices=["corrupted", "zero", "mean"],
         default=None if evaluate else "corrupted",
-        help="what removed edges carry (corrupted)",
+        help="what removed edges carry (default: "
+        + ("the circuit's)" if evaluate else "corrupted)"),
     )
     p.add_argument("--batch-size", type=_positive_int, help="prompts per forward (default: all)")
 
