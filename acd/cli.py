@@ -139,7 +139,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if args.method in ("acdc", "hybrid"):
         if args.tau is None:
             raise AcdError(f"--method {args.method} needs --tau (e.g. --tau 0.01)")
-        options.update(tau=args.tau, checkpoint=args.checkpoint)
+        options.update(
+            tau=args.tau, checkpoint=args.checkpoint, rows_per_forward=args.rows_per_forward
+        )
         if args.method == "hybrid":
             if args.candidates is None:
                 raise AcdError("--method hybrid needs --candidates K (edges passed to ACDC)")
@@ -508,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="acdc/hybrid: remove an edge if the metric changes by less than this",
     )
     p.add_argument("--candidates", type=_positive_int, help="hybrid: edges passed to ACDC")
+    p.add_argument(
+        "--rows-per-forward",
+        type=_positive_int,
+        default=64,
+        help="acdc/hybrid: (circuit, prompt) rows per forward (64; raise it on a GPU)",
+    )
     p.add_argument(
         "--scoring",
         choices=["eap", "eap-ig"],

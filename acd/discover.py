@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from acd.acdc import acdc
+from acd.acdc import ROWS_PER_FORWARD, acdc
 from acd.attribution import METHODS, attribute
 from acd.circuit import Circuit
 from acd.errors import AcdError
@@ -60,6 +60,7 @@ def discover(
     candidates: int | None = None,
     scoring: str = "eap-ig",
     checkpoint: str | Path | None = None,
+    rows_per_forward: int = ROWS_PER_FORWARD,
 ) -> Circuit:
     """Find the circuit of ``task`` in ``model``: score every edge, select, prune, evaluate.
 
@@ -94,6 +95,9 @@ def discover(
             (1 .. the graph's edge count).
         scoring: ``hybrid`` only: the attribution that picks the candidates, ``eap-ig``
             (default) or ``eap``.
+        rows_per_forward: ``acdc``/``hybrid`` only: (circuit, prompt) rows one forward carries
+            (acd.acdc; raise it on a GPU, where a wide forward costs about as much as a
+            narrow one).
         checkpoint: ``acdc``/``hybrid`` only: a JSON file the search saves its progress to
             after each destination and resumes from (acd.acdc).
 
@@ -143,6 +147,7 @@ def discover(
             ig_steps,
             progress,
             checkpoint,
+            rows_per_forward,
         )
         params = {"prompts": prompts, **search_params, "ablation": ablation}
         metric = metric or task.metric  # the evaluation's
@@ -242,6 +247,7 @@ def _search(
     ig_steps: int,
     progress: bool,
     checkpoint: str | Path | None,
+    rows_per_forward: int,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """ACDC, over every edge (``acdc``) or the top ``candidates`` by |scoring| (``hybrid``).
 
@@ -283,6 +289,7 @@ def _search(
         batch_size=batch_size,
         progress=progress,
         checkpoint=checkpoint,
+        rows_per_forward=rows_per_forward,
     )
     params["visited"] = result.visited
     return result.deltas, result.mask, params

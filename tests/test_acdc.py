@@ -314,6 +314,10 @@ def test_discover_acdc_and_hybrid(toy):
     model, graph, _ = toy
     common = {"prompts": 8, "seed": 0, "progress": False}
     circuit = acd.discover("ioi", model, method="acdc", tau=0.03, metric="task", **common)
+    narrow = acd.discover(
+        "ioi", model, method="acdc", tau=0.03, metric="task", rows_per_forward=8, **common
+    )
+    assert torch.equal(narrow.mask, circuit.mask)  # the width of a forward decides nothing
     expected = acdc(
         model,
         graph,
