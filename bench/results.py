@@ -119,6 +119,10 @@ def markdown(results: dict[str, list[dict]], prompts: int, model_name: str, tota
         "",
         "Target: for each task some method reaches faithfulness ≥ 0.9 with ≤ 5 % of the edges "
         "(≤ 23 edges).",
+        "",
+        "What the circuits look like, and why the embedded model's induction 'circuit' is a "
+        "fixed-offset positional copy rather than induction: "
+        "[graphs/README.md](../graphs/README.md#what-the-circuits-show).",
     ]
     for task_name, rows in results.items():
         lines += [
