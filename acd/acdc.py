@@ -466,7 +466,7 @@ class _Evaluator:
             clean_logits, src, res = run_and_collect_residuals(model, graph, tokens)
             self.n_forwards += 2 if ablation == "corrupted" else 1
             if i == 0:
-                _check_prefix_runs(model, graph, res[:1], clean_logits[:1])
+                _check_prefix_runs(model, graph, res[:1], clean_logits[:1], method="ACDC")
             if bool(removed.any()):
                 # The search restarts from the run of the initial circuit, not the clean one.
                 _, src, res = run_and_collect_residuals(

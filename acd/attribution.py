@@ -618,10 +618,16 @@ def _at_positions(batch: PromptBatch, positions: torch.Tensor) -> PromptBatch:
 
 
 def _check_prefix_runs(
-    model: ModelAdapter, graph: ComputeGraph, residuals: torch.Tensor, clean_logits: torch.Tensor
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    residuals: torch.Tensor,
+    clean_logits: torch.Tensor,
+    *,
+    method: str = "exact scoring",
 ) -> None:
-    """Refuse exact scoring where a run from a cached residual does not reproduce the clean
-    logits (an architecture whose forward does not loop over its block list as expected).
+    """Refuse ``method`` (exact scoring, ACDC) where a run from a cached residual does not
+    reproduce the clean logits (an architecture whose forward does not loop over its block list
+    as expected).
 
     Args: residuals [1, pos, n_layers + 1, d_model] and clean_logits [1, pos, d_vocab] of one
     prompt.
@@ -635,6 +641,6 @@ def _check_prefix_runs(
         error = float((logits - clean_logits).abs().max())
         if not error <= tolerance:
             raise AttributionError(
-                f"exact scoring cannot restart {model.name!r} at block {layer}: the logits "
+                f"{method} cannot restart {model.name!r} at block {layer}: the logits "
                 f"differ from the full forward's by {error:.3g}; use method='eap' or 'eap-ig'"
             )

@@ -307,7 +307,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_curve(args: argparse.Namespace) -> int:
     from acd.attribution import METHODS, attribute
-    from acd.curves import cmd, cpr, plot_faithfulness
+    from acd.curves import CURVE_PERCENTS, cmd, cpr, plot_faithfulness
     from acd.distributed import init_from_env, is_main
     from acd.graph import ComputeGraph
     from acd.tasks import load_task
@@ -340,6 +340,10 @@ def cmd_curve(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=main_rank,
         )
+        if main_rank:  # the 2 x 10 curve circuits are evaluated without a bar: say so
+            n_points = len(CURVE_PERCENTS)
+            print(f"{method}: evaluating 2 x {n_points} circuits ...", end="", flush=True)
+        evaluated = time.perf_counter()
         area, _ = cpr(
             model,
             graph,
@@ -359,6 +363,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         )
         curves[method] = curve
+        if main_rank:
+            print(f" {time.perf_counter() - evaluated:.1f} s")
         rows.append(
             (method, f"{area:.4f}", f"{distance:.4f}", f"{time.perf_counter() - start:.1f}")
         )

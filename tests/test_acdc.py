@@ -337,3 +337,23 @@ def test_discover_acdc_and_hybrid(toy):
     assert hybrid.params["metric"] == "kl" and hybrid.params["visited"] == 60
     assert hybrid.n_edges <= 60
     assert int((hybrid.scores != 0).sum()) <= 60
+
+
+@pytest.mark.parametrize("method", ["acdc", "exact"])
+def test_a_model_that_cannot_restart_is_refused_by_name(toy, monkeypatch, method):
+    """Where a run from a cached residual does not reproduce the clean logits, exact scoring
+    and ACDC refuse in one line that names the method, rather than return wrong results."""
+    import acd.attribution as attribution
+
+    real = attribution.run_from_layer
+    monkeypatch.setattr(
+        attribution, "run_from_layer", lambda *args, **kwargs: real(*args, **kwargs) + 1.0
+    )
+    model, graph, _ = toy
+    batch = acd.load_task("ioi").make_batch(model.tokenizer, 2, 0)
+    expected = "ACDC cannot restart" if method == "acdc" else "exact scoring cannot restart"
+    with pytest.raises(acd.AcdError, match=expected):
+        if method == "acdc":
+            acdc(model, graph, batch, tau=0.1, progress=False)
+        else:
+            acd.attribute(model, graph, batch, "exact", progress=False)
