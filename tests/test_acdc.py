@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from random_batches import random_batch
 
 import acd
 from acd.acdc import AcdcError, acdc
@@ -22,7 +23,6 @@ from acd.patching import (
     run_patched_from_layer,
 )
 from acd.search import prune_dangling
-from acd.tasks import PromptBatch
 
 TINY_KINDS = ("gpt2", "llama", "neox")
 
@@ -47,30 +47,6 @@ def toy():
     graph = ComputeGraph.from_model(model)
     batch = acd.load_task("ioi").make_batch(model.tokenizer, 8, 0)
     return model, graph, batch
-
-
-def random_batch(seed: int, n: int = 4, pos: int = 7) -> PromptBatch:
-    """Random clean/corrupted prompts for the tiny vocabulary, scored at the last position
-    (and, for the first prompt, also at position 3) with random answer tokens."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def ids(*shape):
-        return torch.randint(1, 60, shape, generator=generator)
-
-    score_mask = torch.zeros(n, pos, dtype=torch.bool)
-    score_mask[:, -1] = True
-    return PromptBatch(
-        clean=ids(n, pos),
-        corrupted=ids(n, pos),
-        lengths=torch.full((n,), pos),
-        score_mask=score_mask,
-        targets=torch.zeros(n, pos, dtype=torch.long),
-        correct=ids(n, 1),
-        correct_mask=torch.ones(n, 1, dtype=torch.bool),
-        wrong=ids(n, 1),
-        wrong_mask=torch.ones(n, 1, dtype=torch.bool),
-        metric="logit_diff",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +147,7 @@ def test_acdc_equals_the_sequential_algorithm_on_a_tiny_model(tiny, metric, tau,
     # rows_per_forward 4 over 4 prompts: one circuit per forward (the current circuit measured
     # on its own); 9 and 10: windows of two circuits, often cut short by a kept edge.
     model, graph = tiny["gpt2"]
-    batch = random_batch(0)
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
     reference = sequential_acdc(model, graph, batch, tau, metric)
     assert 5 <= int(reference[0].sum()) <= graph.n_edges - 20  # a non-trivial circuit
     result = acdc(
@@ -189,7 +165,7 @@ def test_acdc_equals_the_sequential_algorithm_on_a_tiny_model(tiny, metric, tau,
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
 def test_acdc_with_other_ablations_and_prompt_chunks(tiny, ablation):
     model, graph = tiny["llama"]
-    batch = random_batch(2, n=5)
+    batch = random_batch(5, 7, seed=2, d_vocab=60)
     reference = sequential_acdc(model, graph, batch, 0.002, "kl", ablation)
     result = acdc(model, graph, batch, tau=0.002, ablation=ablation, batch_size=2, progress=False)
     assert_same_search(result, reference, 0.002)
@@ -197,7 +173,7 @@ def test_acdc_with_other_ablations_and_prompt_chunks(tiny, ablation):
 
 def test_hybrid_start_from_candidates_equals_the_sequential_algorithm(tiny):
     model, graph = tiny["neox"]
-    batch = random_batch(3)
+    batch = random_batch(4, 7, seed=3, d_vocab=60)
     generator = torch.Generator().manual_seed(0)
     candidates = (torch.rand(graph.n_src, graph.n_dst, generator=generator) < 0.6) & graph.valid
     reference = sequential_acdc(model, graph, batch, 0.001, candidates=candidates)
@@ -230,7 +206,7 @@ class Interrupt(KeyboardInterrupt):
 
 def test_checkpoint_resume_gives_the_uninterrupted_result(tiny, tmp_path):
     model, graph = tiny["gpt2"]
-    batch = random_batch(0)
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
     kwargs = {"tau": 0.001, "rows_per_forward": 10, "progress": False}
     calls = []
     whole = acdc(model, graph, batch, on_progress=lambda *a: calls.append(a), **kwargs)
@@ -266,13 +242,20 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tiny, tmp_path):
 
 def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
     model, graph = tiny["gpt2"]
-    batch = random_batch(0)
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
     path = tmp_path / "acdc.json"
     acdc(model, graph, batch, tau=0.01, checkpoint=path, progress=False)
     with pytest.raises(AcdcError, match="tau"):
         acdc(model, graph, batch, tau=0.02, checkpoint=path, progress=False)
     with pytest.raises(AcdcError, match="prompts_sha256"):
-        acdc(model, graph, random_batch(1), tau=0.01, checkpoint=path, progress=False)
+        acdc(
+            model,
+            graph,
+            random_batch(4, 7, seed=1, d_vocab=60),
+            tau=0.01,
+            checkpoint=path,
+            progress=False,
+        )
     with pytest.raises(AcdcError, match="candidates"):
         acdc(model, graph, batch, tau=0.01, candidates=graph.valid, checkpoint=path, progress=False)
     path.write_text("{not json")
@@ -286,7 +269,7 @@ def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
 
 def test_acdc_refuses_a_missing_or_negative_tau(tiny):
     model, graph = tiny["gpt2"]
-    batch = random_batch(0)
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
     for tau in (None, -0.1, float("nan")):
         with pytest.raises(AcdcError, match="tau"):
             acdc(model, graph, batch, tau=tau, progress=False)

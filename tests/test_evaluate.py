@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from random_batches import random_batch
 
 from acd.evaluate import (
     DEGENERATE_GAP_FRACTION,
@@ -18,35 +19,9 @@ from acd.evaluate import (
 from acd.graph import ComputeGraph
 from acd.metrics import get_metric, kl_divergence
 from acd.models import load_model
-from acd.tasks import PromptBatch, load_task
+from acd.tasks import load_task
 
 TOL = 1e-5
-
-
-def random_batch(n: int, pos: int, seed: int) -> PromptBatch:
-    """Random clean/corrupted token ids scored at the last position by logit difference.
-
-    (Built directly: the tiny test tokenizer's unknown token is its BOS, which the task
-    encoder's vocabulary check would refuse.)
-    """
-    generator = torch.Generator().manual_seed(seed)
-    clean, corrupted = torch.randint(1, 50, (2, n, pos), generator=generator)
-    answers = torch.randint(1, 50, (2, n, 1), generator=generator)
-    score_mask = torch.zeros(n, pos, dtype=torch.bool)
-    score_mask[:, -1] = True
-    ones = torch.ones(n, 1, dtype=torch.bool)
-    return PromptBatch(
-        clean=clean,
-        corrupted=corrupted,
-        lengths=torch.full((n,), pos),
-        score_mask=score_mask,
-        targets=torch.zeros(n, pos, dtype=torch.long),
-        correct=answers[0],
-        correct_mask=ones,
-        wrong=answers[1],
-        wrong_mask=ones,
-        metric="logit_diff",
-    )
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from random_batches import random_batch
 
 import acd
 from acd.attribution import attribute
 from acd.graph import ComputeGraph
 from acd.models.load import InvalidModelDir, ModelError
-from acd.tasks import PromptBatch
 
 KINDS = ["gpt2", "llama"]  # tiny Llama: grouped-query attention, 4 query heads, 2 kv heads
 
@@ -38,28 +38,6 @@ def in_memory_model(model_dir: Path, dtype: torch.dtype = torch.float64):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     return model.train()
-
-
-def random_batch(d_vocab: int, n: int = 4, pos: int = 8, seed: int = 0) -> PromptBatch:
-    """Random clean/corrupted tokens, scored at the last position with logit_diff."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(1, d_vocab, (2, n, pos), generator=gen)
-    score_mask = torch.zeros(n, pos, dtype=torch.bool)
-    score_mask[:, -1] = True
-    answers = torch.randint(1, d_vocab, (2, n, 1), generator=gen)
-    ones = torch.ones(n, 1, dtype=torch.bool)
-    return PromptBatch(
-        clean=tokens[0],
-        corrupted=tokens[1],
-        lengths=torch.full((n,), pos),
-        score_mask=score_mask,
-        targets=torch.zeros(n, pos, dtype=torch.long),
-        correct=answers[0],
-        correct_mask=ones,
-        wrong=answers[1],
-        wrong_mask=ones,
-        metric="logit_diff",
-    )
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -85,7 +63,7 @@ def test_logits_equal_plain_hf_forward(kind_dirs):
     _, model_dir, tok_dir = kind_dirs
     hf = in_memory_model(model_dir)
     model = acd.load_model(tok_dir, hf_model=hf)
-    tokens = random_batch(model.spec.d_vocab).clean
+    tokens = random_batch(4, 8, d_vocab=model.spec.d_vocab).clean
     with torch.no_grad():
         expected = hf(tokens).logits
         got = model.bridge(tokens)
@@ -98,7 +76,7 @@ def test_eap_equals_saved_dir(kind_dirs):
     saved = acd.load_model(model_dir, device="cpu", dtype=torch.float64)
     assert wrapped.spec == saved.spec
     graph = ComputeGraph.from_model(saved)
-    batch = random_batch(saved.spec.d_vocab)
+    batch = random_batch(4, 8, d_vocab=saved.spec.d_vocab)
     expected = attribute(saved, graph, batch, "eap", progress=False)
     got = attribute(wrapped, ComputeGraph.from_model(wrapped), batch, "eap", progress=False)
     assert expected.abs().max() > 0
@@ -116,7 +94,7 @@ def test_random_bf16_model_built_from_config(tiny_llama_dir, tmp_path):
     assert model.dtype == torch.bfloat16 and model.device == torch.device("cpu")
     assert model.weights_hash() == model.weights_hash()  # from the state dict: no files
     with torch.no_grad():
-        logits = model.bridge(random_batch(model.spec.d_vocab).clean)
+        logits = model.bridge(random_batch(4, 8, d_vocab=model.spec.d_vocab).clean)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
