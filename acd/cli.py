@@ -405,18 +405,19 @@ def _load_any_circuit(path: str):
     """A circuit.json of acd, or an EAP-IG / MIB graph JSON (recognised by its "cfg" key)."""
     import json
 
-    from acd.export import load_circuit, read_eapig_json
+    from acd.export import circuit_from_dict, eapig_from_dict
 
     file = Path(path)
     if not file.is_file():
         raise AcdError(f"no circuit file at {path}")
     try:
-        head = json.loads(file.read_text(encoding="utf-8"))
+        document = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise AcdError(f"{path} is not a JSON circuit file ({err})") from None
-    if isinstance(head, dict) and "cfg" in head and "edges" in head:
-        return read_eapig_json(file)
-    return load_circuit(file)
+    # The file is read once; the parsed document goes to the matching reader.
+    if isinstance(document, dict) and "cfg" in document and "edges" in document:
+        return eapig_from_dict(document, source=path)
+    return circuit_from_dict(document, source=path)
 
 
 def _warn_if_other_weights(circuit, model) -> None:

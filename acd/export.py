@@ -368,8 +368,16 @@ def read_eapig_json(
     """A Circuit from an EAP-IG (or MIB) graph JSON: graph from ``cfg``, mask from the edges'
     ``in_graph``, scores from their ``score`` (None -> 0), node scores from the nodes' ``score``
     where present and not NaN (EAP-IG's "no score"). Both node forms are read."""
-    source = str(path)
-    document = _read_json(path)
+    return eapig_from_dict(
+        _read_json(path), source=str(path), task=task, model=model, method=method
+    )
+
+
+def eapig_from_dict(
+    document: Any, *, source: str = "EAP-IG JSON", task: str = "", model: str = "", method: str = ""
+) -> Circuit:
+    """The Circuit an EAP-IG graph document describes (``read_eapig_json``); ``source`` names
+    it in errors."""
     if not isinstance(document, dict):
         raise AcdError(f"{source}: not an EAP-IG graph (expected an object with cfg, nodes, edges)")
     _require(document, ("cfg", "nodes", "edges"), source)

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_acdc, run from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine, run from anywhere
 
 from bench_engine import build_gpt2_dir  # noqa: E402
 
