@@ -160,7 +160,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0
     out = Path(args.out) if args.out else default_out_dir(circuit)
-    saved = circuit.save(out, formats=tuple(args.format))
+    saved = circuit.save(out, formats=_formats(args.format))
     print()
     print(circuit.summary_markdown().rstrip())
     print()
@@ -257,8 +257,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     circuit = _load_any_circuit(args.circuit)
     stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
-    formats = tuple(dict.fromkeys(args.format or ["svg"]))
-    result = write_diagram(circuit, stem, formats, max_edges=args.max_edges)
+    result = write_diagram(circuit, stem, _formats(args.format), max_edges=args.max_edges)
     print("wrote " + ", ".join(str(p) for p in result.paths))
     if result.message:
         print(result.message)
@@ -429,6 +428,11 @@ def _warn_if_other_weights(circuit, model) -> None:
             f"(sha256 {circuit.model_sha256[:12]}...)",
             file=sys.stderr,
         )
+
+
+def _formats(requested: list[str] | None) -> tuple[str, ...]:
+    """The diagram formats of repeated --format options, in order, once each; svg if none."""
+    return tuple(dict.fromkeys(requested or ["svg"]))
 
 
 def _fmt(value: float | None) -> str:
@@ -657,8 +661,6 @@ def _nonnegative_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "format", None) is None and args.command == "discover":
-        args.format = ["svg"]
     # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so atomic writes clean up.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
