@@ -120,3 +120,26 @@ def tiny_gpt2_dir(make_tiny_model_dir) -> Path:
 def tiny_llama_dir(make_tiny_model_dir) -> Path:
     """A tiny random Llama with grouped-query attention (4 query heads, 2 key-value heads)."""
     return make_tiny_model_dir("llama")
+
+
+class _TinyModels(dict):
+    """kind -> (model, graph), each tiny random model loaded on first use."""
+
+    def __init__(self, make_dir: Callable[..., Path]):
+        super().__init__()
+        self._make_dir = make_dir
+
+    def __missing__(self, kind: str):
+        from acd.graph import ComputeGraph
+        from acd.models import load_model
+
+        model = load_model(self._make_dir(kind), device="cpu")
+        self[kind] = (model, ComputeGraph.from_model(model))
+        return self[kind]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(make_tiny_model_dir) -> dict:
+    """kind -> (model, graph) for the tiny random GPT-2, Llama (GQA) and NeoX (parallel) models,
+    loaded once per session. The models are frozen; tests must not change their weights."""
+    return _TinyModels(make_tiny_model_dir)

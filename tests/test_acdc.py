@@ -13,7 +13,6 @@ import acd
 from acd.acdc import AcdcError, acdc
 from acd.graph import ComputeGraph
 from acd.metrics import get_metric
-from acd.models import load_model
 from acd.patching import (
     collect_sources,
     patch_values,
@@ -29,16 +28,6 @@ TINY_KINDS = ("gpt2", "llama", "neox")
 
 # --------------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="module")
-def tiny(make_tiny_model_dir):
-    """kind -> (model, graph) for the tiny random GPT-2, Llama (GQA) and NeoX (parallel)."""
-    models = {}
-    for kind in TINY_KINDS:
-        model = load_model(make_tiny_model_dir(kind), device="cpu")
-        models[kind] = (model, ComputeGraph.from_model(model))
-    return models
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +88,8 @@ def assert_same_search(result, reference, tau, kl=True):
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_run_patched_from_layer_matches_a_full_patched_run(tiny, kind):
-    model, graph = tiny[kind]
+def test_run_patched_from_layer_matches_a_full_patched_run(tiny_models, kind):
+    model, graph = tiny_models[kind]
     generator = torch.Generator().manual_seed(1)
     clean = torch.randint(1, 60, (3, 7), generator=generator)
     patch = collect_sources(model, graph, torch.randint(1, 60, (3, 7), generator=generator))
@@ -143,10 +132,12 @@ def test_run_patched_from_layer_matches_a_full_patched_run(tiny, kind):
     ("metric", "tau", "rows_per_forward"),
     [("kl", 0.001, 64), ("kl", 0.001, 10), ("kl", 0.003, 4), ("logit_diff", 0.03, 9)],
 )
-def test_acdc_equals_the_sequential_algorithm_on_a_tiny_model(tiny, metric, tau, rows_per_forward):
+def test_acdc_equals_the_sequential_algorithm_on_a_tiny_model(
+    tiny_models, metric, tau, rows_per_forward
+):
     # rows_per_forward 4 over 4 prompts: one circuit per forward (the current circuit measured
     # on its own); 9 and 10: windows of two circuits, often cut short by a kept edge.
-    model, graph = tiny["gpt2"]
+    model, graph = tiny_models["gpt2"]
     batch = random_batch(4, 7, seed=0, d_vocab=60)
     reference = sequential_acdc(model, graph, batch, tau, metric)
     assert 5 <= int(reference[0].sum()) <= graph.n_edges - 20  # a non-trivial circuit
@@ -163,16 +154,16 @@ def test_acdc_equals_the_sequential_algorithm_on_a_tiny_model(tiny, metric, tau,
 
 
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
-def test_acdc_with_other_ablations_and_prompt_chunks(tiny, ablation):
-    model, graph = tiny["llama"]
+def test_acdc_with_other_ablations_and_prompt_chunks(tiny_models, ablation):
+    model, graph = tiny_models["llama"]
     batch = random_batch(5, 7, seed=2, d_vocab=60)
     reference = sequential_acdc(model, graph, batch, 0.002, "kl", ablation)
     result = acdc(model, graph, batch, tau=0.002, ablation=ablation, batch_size=2, progress=False)
     assert_same_search(result, reference, 0.002)
 
 
-def test_hybrid_start_from_candidates_equals_the_sequential_algorithm(tiny):
-    model, graph = tiny["neox"]
+def test_hybrid_start_from_candidates_equals_the_sequential_algorithm(tiny_models):
+    model, graph = tiny_models["neox"]
     batch = random_batch(4, 7, seed=3, d_vocab=60)
     generator = torch.Generator().manual_seed(0)
     candidates = (torch.rand(graph.n_src, graph.n_dst, generator=generator) < 0.6) & graph.valid
@@ -204,8 +195,8 @@ class Interrupt(KeyboardInterrupt):
     """A Ctrl-C raised from the progress callback."""
 
 
-def test_checkpoint_resume_gives_the_uninterrupted_result(tiny, tmp_path):
-    model, graph = tiny["gpt2"]
+def test_checkpoint_resume_gives_the_uninterrupted_result(tiny_models, tmp_path):
+    model, graph = tiny_models["gpt2"]
     batch = random_batch(4, 7, seed=0, d_vocab=60)
     kwargs = {"tau": 0.001, "rows_per_forward": 10, "progress": False}
     calls = []
@@ -240,8 +231,8 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tiny, tmp_path):
     assert again.n_circuits == 0
 
 
-def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
-    model, graph = tiny["gpt2"]
+def test_checkpoint_of_another_run_is_refused(tiny_models, tmp_path):
+    model, graph = tiny_models["gpt2"]
     batch = random_batch(4, 7, seed=0, d_vocab=60)
     path = tmp_path / "acdc.json"
     acdc(model, graph, batch, tau=0.01, checkpoint=path, progress=False)
@@ -267,8 +258,8 @@ def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
 # Errors and discover
 
 
-def test_acdc_refuses_a_missing_or_negative_tau(tiny):
-    model, graph = tiny["gpt2"]
+def test_acdc_refuses_a_missing_or_negative_tau(tiny_models):
+    model, graph = tiny_models["gpt2"]
     batch = random_batch(4, 7, seed=0, d_vocab=60)
     for tau in (None, -0.1, float("nan")):
         with pytest.raises(AcdcError, match="tau"):

@@ -33,16 +33,6 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def tiny(make_tiny_model_dir):
-    """kind -> (model, graph) for the tiny random GPT-2, Llama (GQA) and NeoX (parallel)."""
-    models = {}
-    for kind in TINY_KINDS:
-        model = load_model(make_tiny_model_dir(kind), device="cpu")
-        models[kind] = (model, ComputeGraph.from_model(model))
-    return models
-
-
-@pytest.fixture(scope="module")
 def toy():
     model = load_model("toy", device="cpu")
     return model, ComputeGraph.from_model(model)
@@ -128,8 +118,8 @@ def one_edge_mask(graph: ComputeGraph, src: int, dst: int, value=True) -> torch.
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_hook_map_covers_the_graph_and_its_valid_edges(tiny, kind):
-    model, graph = tiny[kind]
+def test_hook_map_covers_the_graph_and_its_valid_edges(tiny_models, kind):
+    model, graph = tiny_models[kind]
     sources = source_hooks(model, graph)
     assert [s.start for s in sources[1:]] == [s.stop for s in sources[:-1]]
     assert sources[0].start == 0 and sources[-1].stop == graph.n_src
@@ -143,8 +133,8 @@ def test_hook_map_covers_the_graph_and_its_valid_edges(tiny, kind):
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_collected_sources_are_the_cached_activations(tiny, kind):
-    model, graph = tiny[kind]
+def test_collected_sources_are_the_cached_activations(tiny_models, kind):
+    model, graph = tiny_models[kind]
     tokens = random_tokens(1)
     logits, sources = run_and_collect(model, graph, tokens)
     assert torch.equal(logits, plain_logits(model, tokens))
@@ -159,8 +149,8 @@ def test_collected_sources_are_the_cached_activations(tiny, kind):
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
 @pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
-def test_patching_nothing_is_the_plain_model(tiny, kind, dtype):
-    model, graph = tiny[kind]
+def test_patching_nothing_is_the_plain_model(tiny_models, kind, dtype):
+    model, graph = tiny_models[kind]
     tokens = random_tokens(2)
     patch = torch.randn(tokens.shape[0], tokens.shape[1], graph.n_src, model.spec.d_model)
     mask = torch.zeros(graph.n_src, graph.n_dst, dtype=dtype)
@@ -169,8 +159,8 @@ def test_patching_nothing_is_the_plain_model(tiny, kind, dtype):
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_patching_every_edge_reproduces_the_corrupted_run(tiny, kind):
-    model, graph = tiny[kind]
+def test_patching_every_edge_reproduces_the_corrupted_run(tiny_models, kind):
+    model, graph = tiny_models[kind]
     clean, corrupted = random_tokens(3), random_tokens(4)
     corrupted_logits, corrupted_sources = run_and_collect(model, graph, corrupted)
     # Invalid entries set too: they must be ignored.
@@ -232,8 +222,8 @@ def random_valid_edges(graph: ComputeGraph, n: int, seed: int) -> list[tuple[int
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_one_patched_edge_matches_a_hand_written_hook(tiny, kind):
-    model, graph = tiny[kind]
+def test_one_patched_edge_matches_a_hand_written_hook(tiny_models, kind):
+    model, graph = tiny_models[kind]
     clean, corrupted = random_tokens(5), random_tokens(6)
     patch = collect_sources(model, graph, corrupted)
     clean_z = cached_sources(model, graph, clean)
@@ -248,11 +238,11 @@ def test_one_patched_edge_matches_a_hand_written_hook(tiny, kind):
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_zero_ablating_all_but_one_edge_into_a_port(tiny, kind):
+def test_zero_ablating_all_but_one_edge_into_a_port(tiny_models, kind):
     """With every edge into v but u -> v zero-ablated, v reads z_u + the b_O of the layers
     before it: set that by hand. (Keeping one source keeps the norm well conditioned: an input
     of ~0 under RMSNorm would amplify rounding noise.)"""
-    model, graph = tiny[kind]
+    model, graph = tiny_models[kind]
     tokens = random_tokens(8)
     zeros = torch.zeros(*tokens.shape, graph.n_src, model.spec.d_model)
     layer = graph.n_layers - 1
@@ -282,8 +272,8 @@ def test_zero_ablating_all_but_one_edge_into_a_port(tiny, kind):
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_a_mask_per_batch_row_equals_separate_runs(tiny, kind):
-    model, graph = tiny[kind]
+def test_a_mask_per_batch_row_equals_separate_runs(tiny_models, kind):
+    model, graph = tiny_models[kind]
     clean, corrupted = random_tokens(9, batch=3), random_tokens(10, batch=3)
     patch = collect_sources(model, graph, corrupted)
     generator = torch.Generator().manual_seed(11)
@@ -297,10 +287,10 @@ def test_a_mask_per_batch_row_equals_separate_runs(tiny, kind):
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
 @pytest.mark.parametrize("density", [0.02, 0.5, 0.98])
-def test_sparse_and_complement_corrections_equal_the_dense_one(tiny, kind, density):
+def test_sparse_and_complement_corrections_equal_the_dense_one(tiny_models, kind, density):
     """A plain mask reads only the patched (or only the kept) sources of each destination; a
     mask that needs gradients takes the dense product over every source. Both must agree."""
-    model, graph = tiny[kind]
+    model, graph = tiny_models[kind]
     clean, corrupted = random_tokens(21), random_tokens(22)
     patch = collect_sources(model, graph, corrupted)
     generator = torch.Generator().manual_seed(23)
@@ -310,8 +300,8 @@ def test_sparse_and_complement_corrections_equal_the_dense_one(tiny, kind, densi
     assert (sparse - dense).abs().max() <= TOL
 
 
-def test_patch_sources_broadcast_over_the_batch(tiny):
-    model, graph = tiny["gpt2"]
+def test_patch_sources_broadcast_over_the_batch(tiny_models):
+    model, graph = tiny_models["gpt2"]
     tokens = random_tokens(12)
     one = torch.randn(1, tokens.shape[1], graph.n_src, model.spec.d_model)
     mask = graph.valid & (torch.rand(graph.n_src, graph.n_dst) < 0.5)
@@ -319,8 +309,8 @@ def test_patch_sources_broadcast_over_the_batch(tiny):
     assert (run_patched(model, graph, tokens, mask, one) - expected).abs().max() <= TOL
 
 
-def test_bad_shapes_are_refused(tiny):
-    model, graph = tiny["gpt2"]
+def test_bad_shapes_are_refused(tiny_models):
+    model, graph = tiny_models["gpt2"]
     tokens = random_tokens(13)
     patch = torch.zeros(*tokens.shape, graph.n_src, model.spec.d_model)
     with pytest.raises(ValueError, match="patch mask has shape"):
@@ -445,10 +435,10 @@ def test_a_float_mask_can_be_learned(tiny64):
         assert torch.isclose(mask.grad[src, dst], numeric, rtol=1e-6, atol=1e-8)
 
 
-def test_mean_ablating_every_edge_forgets_the_prompt(tiny):
+def test_mean_ablating_every_edge_forgets_the_prompt(tiny_models):
     """Every destination then reads per-position means plus constants: no prompt information
     is left, so every prompt gets the same logits."""
-    model, graph = tiny["gpt2"]
+    model, graph = tiny_models["gpt2"]
     tokens = random_tokens(21, batch=4)
     patch = mean_sources(model, graph, prompt_batch(tokens)).expand(*tokens.shape, -1, -1)
     logits = run_patched(model, graph, tokens, graph.valid, patch)
@@ -461,10 +451,10 @@ def test_mean_ablating_every_edge_forgets_the_prompt(tiny):
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_run_from_layer_equals_run_patched(tiny, kind):
+def test_run_from_layer_equals_run_patched(tiny_models, kind):
     """One edge, or every edge out of one node, patched in a run restarted at the destination's
     block from the cached clean residual = the same patch in a full run."""
-    model, graph = tiny[kind]
+    model, graph = tiny_models[kind]
     clean, corrupted = random_tokens(22), random_tokens(23)
     plain = plain_logits(model, clean)
     logits, sources, residuals = run_and_collect_residuals(model, graph, clean)
