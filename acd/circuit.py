@@ -90,6 +90,23 @@ class Circuit:
         self.scores = torch.where(self.graph.valid, scores, torch.zeros((), dtype=scores.dtype))
 
     @property
+    def evaluation_metric(self) -> str | None:
+        """The metric ``metrics`` were evaluated with, as ``acd evaluate`` re-evaluates it.
+
+        ``params["evaluation_metric"]`` where recorded (ACDC and hybrid circuits, whose
+        ``params["metric"]`` is the search's metric, ``kl`` by default), else
+        ``params["metric"]``: attribution methods score and evaluate with one metric, and
+        earlier versions of ``discover`` recorded ``evaluation_metric`` for a search only
+        where it differed from the search's metric. None when neither is recorded (then the
+        task's metric applies). May be ``"task"`` (the task's metric).
+        """
+        for key in ("evaluation_metric", "metric"):
+            value = self.params.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    @property
     def edges(self) -> list[tuple[str, str]]:
         """Kept edges by name, e.g. ``[("a0.h1", "a2.h3<k>"), ...]``, in index order."""
         return self.graph.edge_names(self.mask)

@@ -93,8 +93,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_check_model(args: argparse.Namespace) -> int:
     from acd.models import load_model
-    from acd.models.quality import adapter_runners, format_figures, task_figures
+    from acd.models.quality import adapter_runners, format_figures, role_figures, task_figures
     from acd.models.train_toy import TRAIN_SEED_BASE
+    from acd.roles import adapter_patterns
 
     if args.seed >= TRAIN_SEED_BASE:
         raise AcdError(
@@ -110,10 +111,17 @@ def cmd_check_model(args: argparse.Namespace) -> int:
         f"{model.n_params:,} parameters ({model.source}: {model.path})"
     )
     print(f"{args.prompts} held-out prompts per task (seed {args.seed})\n")
+    patterns = adapter_patterns(model)
     figures = task_figures(
-        *adapter_runners(model), model.tokenizer, n_prompts=args.prompts, seed=args.seed
+        *adapter_runners(model),
+        model.tokenizer,
+        n_prompts=args.prompts,
+        seed=args.seed,
+        patterns=patterns,
     )
     print(format_figures(figures))
+    print("\nHead roles (mean attention; docs/models.md defines each score)")
+    print(role_figures(patterns, model.tokenizer, args.prompts, args.seed)[1])
     print(f"\n{time.perf_counter() - start:.1f} s")
     return 0 if all(f.met is not False for f in figures) else 1
 
@@ -213,7 +221,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     _warn_if_other_weights(circuit, model)
     batch = task.make_batch(model.tokenizer, args.prompts, args.seed).to(model.device)
-    metric = args.metric or circuit.params.get("metric") or task.metric
+    # The metric the circuit was evaluated with, not an ACDC search's (docs/formats.md).
+    metric = args.metric or circuit.evaluation_metric or task.metric
     if metric == "task":
         metric = task.metric
     ablation = args.ablation or circuit.params.get("ablation") or "corrupted"
@@ -624,7 +633,7 @@ def _prompt_options(p: argparse.ArgumentParser, *, evaluate: bool = False) -> No
     p.add_argument(
         "--metric",
         choices=["logit_diff", "prob_diff", "logprob", "kl"],
-        help="metric (default: the circuit's)"
+        help="metric (default: the one the circuit was evaluated with)"
         if evaluate
         else "metric (default: the task's; the search's is kl for acdc/hybrid)",
     )

@@ -44,8 +44,6 @@ curve point equals ``evaluate_circuit`` on that mask.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from acd.atomic import atomic_paths
 from acd.errors import AcdError
 from acd.evaluate import CircuitEvaluation, evaluate_circuits
 from acd.search import select_topn
@@ -289,10 +288,12 @@ def plot_faithfulness(
     the band. A NaN value (e.g. percentiles of a curve whose prompts are all degenerate) leaves
     a gap. The x label gives the number of valid edges when the curves reach 100 %.
 
-    Both files are written atomically: each is rendered to a temporary file in the target
-    directory and moved into place with ``os.replace`` only once both rendered, so a failure
-    leaves neither a partial file nor a temporary one. The figure is built with matplotlib's
-    object API on the Agg canvas (no pyplot state) and freed before returning.
+    Both files are written atomically through ``acd.atomic.atomic_paths``, as every file acd
+    writes: each is rendered to a temporary file in the target directory and moved into place
+    with ``os.replace`` only once both rendered, so a failure leaves neither a partial file nor
+    a temporary one, and the charts get a normal file's permissions (0666 less the umask). The
+    figure is built with matplotlib's object API on the Agg canvas (no pyplot state) and freed
+    before returning.
 
     Raises:
         AcdError: no curves, a name that is not a non-empty string, a curve whose fields
@@ -348,12 +349,10 @@ def plot_faithfulness(
         xlabel = "edges kept (count)"
 
     stem = Path(out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     targets = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
 
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     canvas = FigureCanvasAgg(fig)
-    temps: list[Path] = []
     try:
         ax = fig.add_subplot()
         handles = []
@@ -375,26 +374,17 @@ def plot_faithfulness(
         if title:
             ax.set_title(title.replace("$", r"\$"))
 
-        for target in targets:
-            fd, tmp_name = tempfile.mkstemp(
-                dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-            )
-            os.close(fd)
-            temps.append(Path(tmp_name))
-            fmt = target.suffix[1:]
-            # SVG text stays text (searchable, scalable) instead of glyph outlines.
-            with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "acd"}):
-                canvas.print_figure(
-                    tmp_name,
-                    format=fmt,
-                    dpi=150,
-                    metadata={"Date": None} if fmt == "svg" else None,
-                )
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
-        temps.clear()
+        with atomic_paths(targets) as temps:
+            for tmp, target in zip(temps, targets):
+                fmt = target.suffix[1:]
+                # SVG text stays text (searchable, scalable) instead of glyph outlines.
+                with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "acd"}):
+                    canvas.print_figure(
+                        str(tmp),
+                        format=fmt,
+                        dpi=150,
+                        metadata={"Date": None} if fmt == "svg" else None,
+                    )
     finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
         fig.clear()
     return targets

@@ -86,6 +86,9 @@ def discover(
         metric: what the scores and the evaluation measure; default the task's own metric.
             For ``acdc``/``hybrid`` the search's metric, default ``kl`` (KL(full model ||
             circuit)); the evaluation then uses ``metric`` if given, else the task's metric.
+            ``params["metric"]`` records the scores' (the search's) metric; for
+            ``acdc``/``hybrid``, ``params["evaluation_metric"]`` records the evaluation's
+            (``Circuit.evaluation_metric``, what ``acd evaluate`` re-evaluates with).
         ablation: what removed edges carry: ``corrupted`` (default), ``zero`` or ``mean``.
         batch_size: prompts per forward pass (default: all at once).
         ig_steps: interpolation steps for ``eap-ig`` (also as ``hybrid``'s scoring).
@@ -183,7 +186,7 @@ def discover(
         if selection == "threshold":
             params["threshold"] = threshold
     params.update({"prune": prune, "batch_size": batch_size, "d_model": model.spec.d_model})
-    if searching and metric != params["metric"]:
+    if searching:  # params["metric"] is the search's; acd evaluate re-evaluates with this one
         params["evaluation_metric"] = metric
     mask = prune_dangling(selected, graph) if prune else selected
     evaluation = evaluate_circuit(

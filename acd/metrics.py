@@ -8,6 +8,10 @@ induction), so padding never enters a score.
     prob_diff   P(answers) - P(wrong answers), summed over each set (greater-than)
     logprob     mean log-probability of the target tokens at the scored positions (induction)
     kl          KL(reference || model) at the scored positions, averaged over them
+
+Precision: each metric computes in ``compute_dtype(logits)``: float64 logits in float64 (a
+float64 run is float64-accurate throughout), float32 in float32, and half precision (float16,
+bfloat16) upcast to float32. Logits are never downcast.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from acd.errors import TaskError
 from acd.tasks import PromptBatch
 
 Metric = Callable[[torch.Tensor, PromptBatch], torch.Tensor]
+
+
+def compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The dtype a metric computes in: the logits' own when float32 or float64, else float32."""
+    return logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def scored_logits(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
@@ -47,6 +56,7 @@ def _set_sum(values: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tor
 def logit_diff(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
     """Mean answer logit minus mean wrong-answer logit. logits [N, T, V] -> [N]."""
     last = scored_logits(logits, batch)
+    last = last.to(compute_dtype(last))
     return _set_mean(last, batch.correct, batch.correct_mask) - _set_mean(
         last, batch.wrong, batch.wrong_mask
     )
@@ -54,7 +64,8 @@ def logit_diff(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
 
 def prob_diff(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
     """P(answer set) minus P(wrong set) at the scored position. logits [N, T, V] -> [N]."""
-    probs = torch.softmax(scored_logits(logits, batch).float(), dim=-1)
+    last = scored_logits(logits, batch)
+    probs = torch.softmax(last.to(compute_dtype(last)), dim=-1)
     return _set_sum(probs, batch.correct, batch.correct_mask) - _set_sum(
         probs, batch.wrong, batch.wrong_mask
     )
@@ -62,7 +73,7 @@ def prob_diff(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
 
 def logprob(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
     """Mean log-probability of ``targets`` over the scored positions. [N, T, V] -> [N]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.to(compute_dtype(logits)), dim=-1)
     per_pos = logp.gather(2, batch.targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
     mask = batch.score_mask.to(per_pos.dtype)
     return (per_pos * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
@@ -72,8 +83,9 @@ def kl_divergence(
     logits: torch.Tensor, reference_logits: torch.Tensor, batch: PromptBatch
 ) -> torch.Tensor:
     """KL(reference || model), averaged over the scored positions. [N, T, V] x2 -> [N]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    ref_logp = torch.log_softmax(reference_logits.float(), dim=-1)
+    dtype = torch.promote_types(compute_dtype(logits), compute_dtype(reference_logits))
+    logp = torch.log_softmax(logits.to(dtype), dim=-1)
+    ref_logp = torch.log_softmax(reference_logits.to(dtype), dim=-1)
     per_pos = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)  # [N, T]
     mask = batch.score_mask.to(per_pos.dtype)
     return (per_pos * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)

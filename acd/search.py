@@ -34,8 +34,8 @@ def select_topn(
     n_valid = int(valid.sum())
     if not 0 <= n <= n_valid:
         raise AcdError(f"cannot keep {n} edges: the graph has {n_valid} (choose 0..{n_valid})")
-    key = (scores.abs() if absolute else scores).detach().float().cpu().flatten()
-    key = torch.where(valid.cpu().flatten(), key, torch.tensor(float("-inf")))
+    key = _ranking_key(scores, absolute).flatten()
+    key = torch.where(valid.cpu().flatten(), key, torch.tensor(float("-inf"), dtype=key.dtype))
     # A stable sort keeps index order among equal scores.
     order = torch.sort(key, descending=True, stable=True).indices[:n]
     mask = torch.zeros(valid.numel(), dtype=torch.bool)
@@ -60,7 +60,7 @@ def select_threshold(
         )
     if scores.shape != valid.shape:
         raise AcdError(f"scores have shape {tuple(scores.shape)}, the graph {tuple(valid.shape)}")
-    key = (scores.abs() if absolute else scores).detach().float().cpu()
+    key = _ranking_key(scores, absolute)
     return valid.cpu() & (key >= threshold)
 
 
@@ -82,7 +82,7 @@ def select_greedy(
         raise AcdError(f"cannot keep {n} edges: the graph has {n_valid} (choose 0..{n_valid})")
     if scores.shape != valid.shape:
         raise AcdError(f"scores have shape {tuple(scores.shape)}, the graph {tuple(valid.shape)}")
-    key = (scores.abs() if absolute else scores).detach().float().cpu()
+    key = _ranking_key(scores, absolute)
     key = torch.nan_to_num(key, nan=float("-inf")).tolist()
     valid_rows = [row.nonzero().flatten().tolist() for row in valid.t()]  # sources of each port
     node_ports = _node_ports(graph)
@@ -149,6 +149,14 @@ def prune_dangling(mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
 
     pruned = kept & from_input[:, None] & live[None, :]
     return pruned.to(mask.device)
+
+
+def _ranking_key(scores: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """What selections rank: |scores| (``absolute``) or scores, on the CPU, in the scores' own
+    dtype when float32 or float64 (half precision is upcast to float32). Never downcast: a
+    float64 score of 5e-83 is 0 in float32 and would lose its rank to the zero scores."""
+    key = (scores.abs() if absolute else scores).detach().cpu()
+    return key if key.dtype in (torch.float32, torch.float64) else key.to(torch.float32)
 
 
 def _node_ports(graph: ComputeGraph) -> list[list[int]]:

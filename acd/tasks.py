@@ -332,6 +332,37 @@ class TemplateTask(Task):
     answer: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     answer_sets: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Parallel to ``templates``: each template's group label ("" for none), e.g. ABBA / BABA.
+    groups: list[str] = field(default_factory=list)
+    # Leading filler: a number of entries drawn from ``lists[prefix_list]`` (uniformly in
+    # ``prefix_count``, inclusive) put before both prompts of a pair, so the variables move.
+    prefix_list: str | None = None
+    prefix_count: tuple[int, int] = (0, 0)
+
+    def restricted(self, group: str | None = None, prefix_count: int | None = None) -> TemplateTask:
+        """The same task with only the templates of ``group`` and/or exactly ``prefix_count``
+        filler entries in front (used to measure a model per template group and filler size)."""
+        keep = [i for i, g in enumerate(self.group_labels()) if group is None or g == group]
+        if not keep:
+            raise TaskError(f"task {self.name!r} has no templates in group {group!r}")
+        if prefix_count is not None and prefix_count > 0 and self.prefix_list is None:
+            raise TaskError(f"task {self.name!r} has no [prefix] list to draw fillers from")
+        return replace(
+            self,
+            templates=[self.templates[i] for i in keep],
+            groups=[self.group_labels()[i] for i in keep],
+            prefix_count=self.prefix_count if prefix_count is None else (prefix_count,) * 2,
+        )
+
+    def group_labels(self) -> list[str]:
+        return self.groups or [""] * len(self.templates)
+
+    def draw_prefix(self, rng: random.Random) -> str:
+        """The filler put before a prompt pair: "" or entries of the prefix list, then a space."""
+        count = _draw(rng, self.prefix_count)
+        if count == 0 or self.prefix_list is None:
+            return ""
+        return " ".join(rng.choices(self.lists[self.prefix_list], k=count)) + " "
 
     def draw_values(self, rng: random.Random) -> dict[str, str]:
         """One value per variable; variables in a ``distinct`` group take different values."""
@@ -371,6 +402,7 @@ class TemplateTask(Task):
         for _ in range(n):
             clean_t, corrupt_t = rng.choice(self.templates)
             values = self.draw_values(rng)
+            prefix = self.draw_prefix(rng)
             if self.answer_sets:
                 answers = self._answer_set("correct", values)
                 wrongs = self._answer_set("wrong", values)
@@ -379,8 +411,8 @@ class TemplateTask(Task):
                 wrongs = tuple(w.format(**values) for w in self.wrong)
             pairs.append(
                 PromptPair(
-                    clean=clean_t.format(**values),
-                    corrupted=corrupt_t.format(**values),
+                    clean=prefix + clean_t.format(**values),
+                    corrupted=prefix + corrupt_t.format(**values),
                     answers=answers,
                     wrongs=wrongs,
                 )
@@ -390,41 +422,61 @@ class TemplateTask(Task):
 
 @dataclass
 class InductionTask(Task):
-    """Random word sequences repeated once; the metric scores the repeated half."""
+    """Random word sequences repeated once, after a random prefix; the metric scores the repeat.
+
+    Each prompt draws its half length uniformly from ``half_lengths`` and its number of leading
+    random words from ``prefix_lengths`` (both inclusive ranges), so the repeat sits at varied
+    offsets and distances: only copying from the earlier occurrence predicts it, not a fixed
+    positional offset.
+    """
 
     pool: list[str] = field(default_factory=list)
-    half_length: int = 10
+    half_lengths: tuple[int, int] = (10, 10)
+    prefix_lengths: tuple[int, int] = (0, 0)
 
     def prompt_pairs(self, n: int, seed: int = 0) -> list[PromptPair]:
         rng = random.Random(f"{self.name}:{seed}")
         pairs = []
         for _ in range(n):
-            # Draw both halves' words at once so the corrupted first half shares no word with
-            # the clean sequence: then nothing in it can be copied.
-            words = rng.sample(self.pool, 2 * self.half_length)
-            seq, other = words[: self.half_length], words[self.half_length :]
+            half = _draw(rng, self.half_lengths)
+            n_prefix = _draw(rng, self.prefix_lengths)
+            # Draw every word at once so the prefix, the sequence and the corrupted first half
+            # share no word: nothing but the sequence's own first half can be copied.
+            words = rng.sample(self.pool, n_prefix + 2 * half)
+            prefix, seq = words[:n_prefix], words[n_prefix : n_prefix + half]
+            other = words[n_prefix + half :]
             pairs.append(
                 PromptPair(
-                    clean=" ".join(seq + seq),
-                    corrupted=" ".join(other + seq),
-                    # Word half_length + 1 is the repeat's second word: the first one that
-                    # can be predicted by copying.
-                    score_from_word=self.half_length + 1,
+                    clean=" ".join(prefix + seq + seq),
+                    corrupted=" ".join(prefix + other + seq),
+                    # The repeat's second word is the first one that can be predicted by copying.
+                    score_from_word=n_prefix + half + 1,
                 )
             )
         return pairs
 
+    def restricted(self, half_length: int, prefix_length: int = 0) -> InductionTask:
+        """The same task with one fixed half length and prefix length."""
+        return replace(self, half_lengths=(half_length,) * 2, prefix_lengths=(prefix_length,) * 2)
+
     def encode(self, pairs: Sequence[PromptPair], tokenizer: Any) -> PromptBatch:
         batch = encode_pairs(pairs, tokenizer, self.metric)
         bos = 1 if tokenizer.bos_token_id is not None else 0
-        expected = 2 * self.half_length + bos
         for p, length in zip(pairs, batch.lengths.tolist()):
+            expected = len(p.clean.split()) + bos
             if length != expected:
                 raise TaskError(
                     f"induction prompt {p.clean!r} has {length} tokens, expected {expected}: "
                     "every word of the pool must be a single token"
                 )
         return batch
+
+
+def _draw(rng: random.Random, bounds: tuple[int, int]) -> int:
+    """A number in the inclusive range; a fixed range draws nothing (so prompts stay the same
+    as a task file without ranges gave)."""
+    lo, hi = bounds
+    return lo if lo == hi else rng.randint(lo, hi)
 
 
 @dataclass
@@ -512,19 +564,36 @@ def _load_toml(path: Path) -> Task:
         return _template_task(data, path, common)
     if kind == "induction":
         pool = _read_word_list(path.parent / _require(data, "pool", path))
-        half = int(data.get("half_length", 10))
-        if half < 2 or 2 * half > len(pool):
+        halves = _int_range(data.get("half_length", 10), "half_length", path, low=2)
+        prefixes = _int_range(data.get("prefix_length", 0), "prefix_length", path, low=0)
+        if 2 * halves[1] + prefixes[1] > len(pool):
             raise TaskError(
-                f"task file {str(path)!r}: half_length must be between 2 and "
-                f"{len(pool) // 2} (half the pool of {len(pool)} words), got {half}"
+                f"task file {str(path)!r}: the longest prompt needs {2 * halves[1] + prefixes[1]}"
+                f" distinct words (2 x half_length + prefix_length) but the pool has {len(pool)}"
             )
-        return InductionTask(**common, pool=pool, half_length=half)
+        return InductionTask(**common, pool=pool, half_lengths=halves, prefix_lengths=prefixes)
     if kind == "pairs":
         file = path.parent / _require(data, "file", path)
         return _load_pairs_file(file, common["name"], common["metric"], common["description"])
     raise TaskError(
         f"task file {str(path)!r}: unknown kind {kind!r}; choose template, induction or pairs"
     )
+
+
+def _int_range(value: Any, key: str, path: Path, low: int) -> tuple[int, int]:
+    """An inclusive integer range from ``n`` or ``[lo, hi]`` in a task file."""
+    bounds = [value, value] if isinstance(value, int) else value
+    if (
+        not isinstance(bounds, list)
+        or len(bounds) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+        or not low <= bounds[0] <= bounds[1]
+    ):
+        raise TaskError(
+            f"task file {str(path)!r}: {key} must be an integer >= {low} or [lo, hi] with "
+            f"{low} <= lo <= hi, got {value!r}"
+        )
+    return bounds[0], bounds[1]
 
 
 def _read_word_list(path: Path) -> list[str]:
@@ -565,13 +634,21 @@ def _template_task(data: dict[str, Any], path: Path, common: dict[str, Any]) -> 
                 f"task file {str(path)!r}: variable {var!r} uses list {list_name!r}, "
                 "which is not defined under [lists]"
             )
-    templates = []
+    templates, groups = [], []
     for t in _require(data, "templates", path):
         if "clean" not in t or "corrupted" not in t:
             raise TaskError(
                 f"task file {str(path)!r}: every [[templates]] entry needs clean and corrupted"
             )
         templates.append((t["clean"], t["corrupted"]))
+        groups.append(str(t.get("group", "")))
+    prefix = data.get("prefix", {})
+    prefix_list = prefix.get("list") if prefix else None
+    if prefix and prefix_list not in lists:
+        raise TaskError(
+            f"task file {str(path)!r}: [prefix] list {prefix_list!r} is not defined under [lists]"
+        )
+    prefix_count = _int_range(prefix.get("count", 0), "[prefix] count", path, low=0)
     answer_sets = dict(data.get("answers", {}))
     if answer_sets and set(answer_sets) != {"correct", "wrong"}:
         raise TaskError(f"task file {str(path)!r}: [answers] needs exactly correct and wrong")
@@ -584,6 +661,9 @@ def _template_task(data: dict[str, Any], path: Path, common: dict[str, Any]) -> 
         answer=_as_list(data.get("answer", [])),
         wrong=_as_list(data.get("wrong", [])),
         answer_sets=answer_sets,
+        groups=groups,
+        prefix_list=prefix_list,
+        prefix_count=prefix_count,
     )
     _check_template_names(task, path)
     return task

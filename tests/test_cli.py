@@ -35,19 +35,45 @@ def test_models_lists_the_embedded_model(capsys):
     assert toy[0].split()[2:5] == ["4", "4", "128"]  # layers, heads, d_model
 
 
-def test_check_model_prints_every_figure_and_meets_the_targets():
+TASK_FIGURES = [
+    "ioi accuracy (IO logit > S logit)",
+    "ioi mean logit difference",
+    "ioi accuracy, all heads zero-ablated",
+    "greater-than mean probability difference",
+    "induction mean log-prob, repeated half",
+    "induction mean log-prob, first half",
+]
+
+
+def test_check_model_prints_every_figure_and_exits_1_on_a_missed_target():
     result = run_cli("check-model", "toy", "--prompts", "100", "--seed", "3")
-    assert result.returncode == 0, result.stdout + result.stderr
-    for figure in [
-        "ioi accuracy (IO logit > S logit)",
-        "ioi mean logit difference",
-        "ioi accuracy, all heads zero-ablated",
-        "greater-than mean probability difference",
-        "induction mean log-prob, repeated half",
-        "induction mean log-prob, first half",
-    ]:
-        assert figure in result.stdout
-    assert "NOT MET" not in result.stdout
+    lines = result.stdout.splitlines()
+    # The tasks' own figures are met.
+    for figure in TASK_FIGURES:
+        line = next(ln for ln in lines if ln.startswith(figure))
+        assert line.endswith(" ok"), line
+    # The mechanism figures are printed, each with its target ...
+    mechanism = [
+        *(
+            f"induction repeat NLL, half {h}, {p} words before"
+            for h in (5, 13, 20, 24)
+            for p in (0, 5)
+        ),
+        *(f"ioi {g}, {k} fillers: accuracy" for g in ("ABBA", "BABA") for k in (0, 3, 12)),
+        *(
+            f"ioi {g}, {k} fillers: mean logit difference"
+            for g in ("ABBA", "BABA")
+            for k in (0, 3, 12)
+        ),
+        "best previous-token score",
+        "best induction score",
+    ]
+    for figure in mechanism:
+        assert any(ln.startswith(figure) for ln in lines), figure
+    # ... with a table of every head's role scores.
+    assert sum(ln.startswith("a") and ".h" in ln.split()[0] for ln in lines) == 16
+    # The exit code says whether every target was met.
+    assert result.returncode == (1 if "NOT MET" in result.stdout else 0), result.stderr
 
 
 @pytest.mark.parametrize(

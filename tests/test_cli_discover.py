@@ -115,6 +115,57 @@ def test_compare_counts_edges_on_each_side(ioi_run, tmp_path):
     assert float(rows["recall (of B by A)"][-2]) == 1.0
 
 
+def _evaluated(capsys, circuit_file: Path, *args: str) -> tuple[str, str]:
+    """``acd evaluate`` in this process: the metric named in its header, and its faithfulness."""
+    from acd.cli import main
+
+    assert main(["evaluate", str(circuit_file), *args]) == 0
+    out = capsys.readouterr().out
+    header = next(ln for ln in out.splitlines() if ln.startswith(str(circuit_file)))
+    metric = header.split(", metric ")[1].split(",")[0]
+    faithfulness = next(ln for ln in out.splitlines() if ln.startswith("faithfulness (ratio"))
+    return metric, faithfulness.split()[-1]
+
+
+def test_evaluate_an_acdc_circuit_with_the_metric_discover_evaluated_it_with(
+    tmp_path, capsys, monkeypatch
+):
+    """ACDC searches with kl but discover evaluates with the task's metric (logprob for
+    induction): acd evaluate re-evaluates with that, reproducing discover's faithfulness on
+    the same prompts, not with the search's kl. A file without ``evaluation_metric`` (older
+    acd wrote it only where it differed from the search metric) uses ``params["metric"]``."""
+    import acd
+    import acd.cli
+    from acd.export import save_circuit_json
+
+    model = acd.load_model("toy", device="cpu")
+    monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *args, **kwargs: model)
+    circuit = acd.discover(
+        "induction", model, method="hybrid", tau=0.001, candidates=30, prompts=6, progress=False
+    )
+    assert circuit.params["metric"] == "kl" and circuit.metrics["metric"] == "logprob"
+    assert circuit.params["evaluation_metric"] == "logprob"
+    save_circuit_json(circuit, tmp_path / "circuit.json")
+    same_prompts = ("--prompts", "6", "--seed", "0")
+    metric, faithfulness = _evaluated(capsys, tmp_path / "circuit.json", *same_prompts)
+    assert (metric, faithfulness) == ("logprob", f"{circuit.metrics['faithfulness']:.4f}")
+    assert circuit.evaluation_metric == "logprob"
+    # --metric still decides when given.
+    assert _evaluated(capsys, tmp_path / "circuit.json", *same_prompts, "--metric", "kl")[0] == "kl"
+
+    # A file that names no evaluation metric: the one it was searched (or scored) with.
+    old = acd.load_circuit(tmp_path / "circuit.json")
+    del old.params["evaluation_metric"]
+    assert old.evaluation_metric == "kl"
+    save_circuit_json(old, tmp_path / "old.json")
+    assert _evaluated(capsys, tmp_path / "old.json", *same_prompts)[0] == "kl"
+    # ... and one that names no metric at all: the task's.
+    del old.params["metric"]
+    assert old.evaluation_metric is None
+    save_circuit_json(old, tmp_path / "bare.json")
+    assert _evaluated(capsys, tmp_path / "bare.json", *same_prompts)[0] == "logprob"
+
+
 @pytest.mark.parametrize("task", ["greater-than", "induction"])
 def test_discover_other_tasks_into_a_chosen_folder(task, tmp_path):
     result = acd_cli(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import xml.etree.ElementTree as ET
 
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from acd.atomic import atomic_write
 from acd.curves import CURVE_PERCENTS, FaithfulnessCurve, edge_counts, plot_faithfulness
 from acd.errors import AcdError
 
@@ -58,6 +61,20 @@ def test_writes_png_and_svg(tmp_path, curves):
     assert "faithfulness" in text
     # Nothing but the two charts is left in the directory.
     assert sorted(p.name for p in out.parent.iterdir()) == ["chart.png", "chart.svg"]
+
+
+def test_charts_get_the_permissions_of_other_acd_files(tmp_path, curves):
+    """Both charts are written with a normal file's mode (0644 under umask 022), as every
+    other file acd writes (acd.atomic), not the 0600 of a bare temporary file."""
+    previous = os.umask(0o022)
+    try:
+        png, svg = plot_faithfulness(curves, tmp_path / "chart")
+        other = atomic_write(tmp_path / "other.json", "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(other.stat().st_mode) == 0o644
+    for chart in (png, svg):
+        assert stat.S_IMODE(chart.stat().st_mode) == 0o644, chart.name
 
 
 def test_accepts_str_and_overwrites(tmp_path, curves):

@@ -44,6 +44,21 @@ def test_topn_refuses_impossible_sizes():
         select_topn(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), 7)
 
 
+@pytest.mark.parametrize("absolute", [True, False])
+def test_float64_scores_are_ranked_in_float64(absolute):
+    """A float64 score too small for float32 (5e-83 rounds to 0 there) still ranks above the
+    zero scores, in every selection."""
+    graph = _gpt2(1, 1)
+    tiny = ("m0", "logits")  # the last edge into logits: a tie at 0 would keep an earlier one
+    scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64)
+    scores[graph.edge_index(*tiny)] = 5e-83
+    assert float(scores.float().max()) == 0.0  # what float32 would rank
+    assert graph.edge_names(select_topn(scores, graph.valid, 1, absolute=absolute)) == [tiny]
+    assert graph.edge_names(select_greedy(scores, graph, 1, absolute=absolute)) == [tiny]
+    kept = select_threshold(scores, graph.valid, 1e-90, absolute=absolute)
+    assert graph.edge_names(kept) == [tiny]
+
+
 # --- threshold ------------------------------------------------------------------------------
 
 

@@ -97,6 +97,29 @@ def test_ioi_pairs_follow_the_abba_baba_and_abc_rules():
     assert orders == {"ABBA", "BABA"}
 
 
+def test_ioi_groups_and_fillers_move_the_names():
+    task = load_task("ioi")
+    assert isinstance(task, TemplateTask)
+    names, fillers = set(task.lists["names"]), set(task.lists["fillers"])
+    assert not names & fillers
+    assert set(task.group_labels()) == {"ABBA", "BABA"}
+    for group in ("ABBA", "BABA"):
+        for count in (0, 3, 12):
+            for p in task.restricted(group, count).prompt_pairs(30, seed=1):
+                words = p.clean.split()
+                # Exactly `count` filler words in front, the same in the corrupted prompt.
+                assert all(w in fillers for w in words[:count]) and words[count] not in fillers
+                assert p.corrupted.split()[:count] == words[:count]
+                clean = _ioi_names(p.clean, names)
+                io = p.answers[0].strip()
+                assert (clean[0] == io) == (group == "ABBA")
+    # The shipped task puts no filler in front.
+    assert task.prefix_count == (0, 0)
+    assert all(p.clean.split()[0] not in fillers for p in task.prompt_pairs(50, seed=2))
+    with pytest.raises(TaskError, match="no templates in group"):
+        task.restricted("ABC")
+
+
 def test_greater_than_answers_split_the_years_at_yy():
     for p in load_task("greater-than").prompt_pairs(100, seed=1):
         m = re.fullmatch(r"The \w+ lasted from the year (\d\d)(\d\d) to the year (\d\d)", p.clean)
@@ -105,21 +128,88 @@ def test_greater_than_answers_split_the_years_at_yy():
         assert p.corrupted == p.clean.replace(f"year {m[1]}{m[2]}", f"year {m[1]}01")
         assert sorted(int(a) for a in p.answers) == list(range(yy + 1, 100))
         assert sorted(int(w) for w in p.wrongs) == list(range(0, yy + 1))
+    task = load_task("greater-than")
+    assert isinstance(task, TemplateTask)
+    for p in task.restricted(prefix_count=4).prompt_pairs(20, seed=1):
+        words = p.clean.split()
+        assert all(w in task.lists["fillers"] for w in words[:4]) and words[4] == "The"
 
 
-def test_induction_repeats_and_the_corruption_leaves_nothing_to_copy(toy_tokenizer):
-    task = load_task("induction")
-    assert isinstance(task, InductionTask)
-    half = task.half_length
-    batch = task.make_batch(toy_tokenizer, 30, seed=2)
+def _check_induction_batch(batch) -> tuple[set[int], set[int]]:
+    """Every pair repeats its sequence, shares nothing copyable with the corruption, and scores
+    the repeat's words 2..L; returns the half lengths and prefix lengths seen."""
+    halves, prefixes = set(), set()
     for i, p in enumerate(batch.pairs):
         words, other = p.clean.split(), p.corrupted.split()
-        assert words[:half] == words[half:] == other[half:]
-        assert not set(other[:half]) & set(words)
+        n_prefix = p.score_from_word - 1 - (len(words) - p.score_from_word + 1)
+        half = (len(words) - n_prefix) // 2
+        halves.add(half)
+        prefixes.add(n_prefix)
+        prefix, seq = words[:n_prefix], words[n_prefix : n_prefix + half]
+        assert words[n_prefix + half :] == seq == other[n_prefix + half :]
+        assert other[:n_prefix] == prefix
+        corrupted_half = other[n_prefix : n_prefix + half]
+        assert not set(corrupted_half) & set(words)
+        assert len(set(prefix + seq + corrupted_half)) == n_prefix + 2 * half
         # Scored: the positions of the repeat's words 1..half-1, each predicting the next.
         scored = batch.score_mask[i].nonzero().flatten().tolist()
-        assert scored == list(range(1 + half, 2 * half))
+        start = 1 + n_prefix + half
+        assert scored == list(range(start, start + half - 1))
         assert batch.targets[i, scored].tolist() == batch.clean[i, [t + 1 for t in scored]].tolist()
+    return halves, prefixes
+
+
+def test_induction_repeats_and_the_corruption_leaves_nothing_to_copy(toy_tokenizer, tmp_path):
+    task = load_task("induction")
+    assert isinstance(task, InductionTask)
+    assert _check_induction_batch(task.make_batch(toy_tokenizer, 30, seed=2)) == ({10}, {0})
+    fixed = task.restricted(7, 3).make_batch(toy_tokenizer, 5, seed=0)
+    assert _check_induction_batch(fixed) == ({7}, {3})
+    assert fixed.lengths.tolist() == [1 + 3 + 14] * 5
+    # Ranges in a task file: half lengths and prefixes drawn per prompt.
+    text = Path(task.source).read_text().replace("half_length = 10", "half_length = [3, 24]")
+    text = text.replace("prefix_length = 0", "prefix_length = [0, 10]")
+    (tmp_path / "induction.toml").write_text(text)
+    (tmp_path / "induction_words.txt").write_text("\n".join(task.pool))
+    varied = load_task(tmp_path / "induction.toml")
+    halves, prefixes = _check_induction_batch(varied.make_batch(toy_tokenizer, 60, seed=2))
+    assert len(halves) >= 10 and len(prefixes) >= 5
+
+
+def test_task_file_ranges_are_checked(tmp_path):
+    (tmp_path / "words.txt").write_text("\n".join(f"w{i}" for i in range(30)))
+    base = 'name = "x"\nkind = "induction"\npool = "words.txt"\n'
+    for bad, message in (
+        ("half_length = [5, 3]", "half_length must be"),
+        ("half_length = 1", "half_length must be"),
+        ('half_length = "ten"', "half_length must be"),
+        ("half_length = [3, 12]\nprefix_length = [0, 10]", "needs 34 distinct words"),
+        ("prefix_length = -1", "prefix_length must be"),
+    ):
+        (tmp_path / "t.toml").write_text(base + bad + "\n")
+        with pytest.raises(TaskError, match=message):
+            load_task(tmp_path / "t.toml")
+    (tmp_path / "t.toml").write_text(base + "half_length = [3, 5]\nprefix_length = [0, 2]\n")
+    task = load_task(tmp_path / "t.toml")
+    assert task.half_lengths == (3, 5) and task.prefix_lengths == (0, 2)
+
+
+def test_template_prefix_must_name_a_list(tmp_path):
+    text = (
+        'name = "x"\nkind = "template"\nanswer = " {A}"\nwrong = " {B}"\n'
+        '[lists]\nn = { values = ["a", "b"] }\n[variables]\nA = "n"\nB = "n"\n'
+        '[prefix]\nlist = "nope"\ncount = [0, 2]\n'
+        '[[templates]]\nclean = "{A} {B}"\ncorrupted = "{B} {A}"\n'
+    )
+    (tmp_path / "t.toml").write_text(text)
+    with pytest.raises(TaskError, match=r"\[prefix\] list 'nope'"):
+        load_task(tmp_path / "t.toml")
+    (tmp_path / "t.toml").write_text(text.replace('"nope"', '"n"'))
+    task = load_task(tmp_path / "t.toml")
+    assert isinstance(task, TemplateTask)
+    counts = {len(p.clean.split()) - 2 for p in task.prompt_pairs(50, seed=0)}
+    assert counts == {0, 1, 2}
+    assert all(p.clean.split()[:-2] == p.corrupted.split()[:-2] for p in task.prompt_pairs(20))
 
 
 @pytest.mark.parametrize("tokenizer_name", ["toy_tokenizer", "bpe_tokenizer"])

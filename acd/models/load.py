@@ -235,6 +235,10 @@ class ModelAdapter:
         """
         return f"blocks.{self._layer(layer)}.attn.hook_result"
 
+    def hook_attn_pattern(self, layer: int) -> str:
+        """Attention weights after the softmax: [batch, n_heads, pos (query), pos (key)]."""
+        return f"blocks.{self._layer(layer)}.attn.hook_pattern"
+
     def hook_attn_out(self, layer: int) -> str:
         """Attention block output added to the residual: [batch, pos, d_model]."""
         return f"blocks.{self._layer(layer)}.hook_attn_out"

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from acd.metrics import logit_diff, logprob, prob_diff
-from acd.tasks import InductionTask, PromptBatch, load_task
+from acd.roles import (
+    HeadRoles,
+    PatternsFn,
+    head_roles,
+    ioi_final_attention,
+    ordinary_token_ids,
+)
+from acd.tasks import InductionTask, PromptBatch, TemplateTask, load_task
 
 # tokens [N, T] -> logits [N, T, V]
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -40,13 +47,100 @@ def _batched(fn: LogitsFn, tokens: torch.Tensor, batch_size: int = 100) -> torch
         )
 
 
-def first_half_logprob(logits: torch.Tensor, batch: PromptBatch, half: int) -> torch.Tensor:
-    """Mean log-prob of words 2..half of the first (random) half. [N, T, V] -> [N]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    bos = int(batch.lengths[0]) - 2 * half  # 1 with a BOS token, else 0
-    positions = torch.arange(bos, bos + half - 1)  # position t predicts token t + 1
-    next_tokens = batch.clean[:, positions + 1]
-    return logp[:, positions].gather(2, next_tokens.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+def first_half_logprob(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    """Mean log-prob of the first (random) half's words 2..L, per prompt. [N, T, V] -> [N].
+
+    The scored positions of an induction batch are the repeat's; the first half is the L words
+    before the repeat (L = number of scored positions + 1), so it is found from the score mask.
+    """
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    out = []
+    for i in range(len(batch)):
+        scored = batch.score_mask[i].nonzero().flatten()
+        half = len(scored) + 1
+        first_of_repeat = int(scored[0])  # position of the repeat's first word
+        positions = torch.arange(first_of_repeat - half, first_of_repeat - 1)
+        next_tokens = batch.clean[i, positions + 1]
+        out.append(logp[i, positions, next_tokens].mean())
+    return torch.stack(out)
+
+
+# Cells of the mechanism checks (issue: real induction and IOI, not positional shortcuts).
+INDUCTION_HALF_LENGTHS = (5, 13, 20, 24)
+INDUCTION_PREFIXES = (0, 5)
+IOI_GROUPS = ("ABBA", "BABA")
+IOI_FILLERS = (0, 3, 12)
+
+
+def induction_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> list[Figure]:
+    """Repeat NLL at fixed half lengths, with and without random words in front (<= 0.5 nats)."""
+    task = load_task("induction")
+    assert isinstance(task, InductionTask)
+    figures = []
+    for half in INDUCTION_HALF_LENGTHS:
+        for prefix in INDUCTION_PREFIXES:
+            batch = task.restricted(half, prefix).make_batch(tokenizer, n_prompts, seed)
+            nll = -logprob(_batched(run, batch.clean), batch).mean().item()
+            name = f"induction repeat NLL, half {half}, {prefix} words before (nats)"
+            figures.append(_target(name, nll, "<=", 0.5))
+    return figures
+
+
+def ioi_cell_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> list[Figure]:
+    """IOI accuracy (>= 0.95) and mean logit difference (>= 3) per order x number of fillers."""
+    task = load_task("ioi")
+    assert isinstance(task, TemplateTask)
+    figures = []
+    for group in IOI_GROUPS:
+        for fillers in IOI_FILLERS:
+            batch = task.restricted(group, fillers).make_batch(tokenizer, n_prompts, seed)
+            ld = logit_diff(_batched(run, batch.clean), batch)
+            cell = f"ioi {group}, {fillers} fillers"
+            figures.append(_target(f"{cell}: accuracy", (ld > 0).float().mean().item(), ">=", 0.95))
+            figures.append(_target(f"{cell}: mean logit difference", ld.mean().item(), ">=", 3.0))
+    return figures
+
+
+def role_figures(
+    patterns: PatternsFn, tokenizer, n_prompts: int, seed: int
+) -> tuple[list[Figure], str]:
+    """The best previous-token (>= 0.8) and induction (>= 0.5) heads, and a table of every
+    head's role scores (returned as text)."""
+    roles = head_roles(
+        patterns, ordinary_token_ids(tokenizer), tokenizer.bos_token_id, min(n_prompts, 50), seed
+    )
+    ioi = load_task("ioi").make_batch(tokenizer, min(n_prompts, 200), seed)
+    to_io, to_s = ioi_final_attention(patterns, ioi)
+    figures = []
+    for label, scores, bound in (
+        ("previous-token", roles.previous_token, 0.8),
+        ("induction", roles.induction, 0.5),
+    ):
+        layer, head = divmod(int(scores.argmax()), scores.shape[1])
+        figures.append(
+            _target(f"best {label} score (a{layer}.h{head})", scores.max().item(), ">=", bound)
+        )
+    layer, head = divmod(int(to_io.argmax()), to_io.shape[1])
+    figures.append(
+        Figure(
+            f"ioi END attention to IO, best head (a{layer}.h{head})", to_io.max().item(), "", None
+        )
+    )
+    return figures, format_role_table(roles, to_io, to_s)
+
+
+def format_role_table(roles: HeadRoles, to_io: torch.Tensor, to_s: torch.Tensor) -> str:
+    lines = ["head     prev-token  duplicate  induction  ioi END->IO  ioi END->S"]
+    for layer, head in roles.heads():
+        cells = [
+            roles.previous_token[layer, head],
+            roles.duplicate_token[layer, head],
+            roles.induction[layer, head],
+            to_io[layer, head],
+            to_s[layer, head],
+        ]
+        lines.append(f"a{layer}.h{head:<4}" + "".join(f"{float(c):11.3f}" for c in cells))
+    return "\n".join(lines)
 
 
 def task_figures(
@@ -55,11 +149,15 @@ def task_figures(
     tokenizer,
     n_prompts: int = 500,
     seed: int = 0,
+    patterns: PatternsFn | None = None,
+    mechanisms: bool = True,
 ) -> list[Figure]:
-    """Quality figures of a model on ``n_prompts`` held-out prompts per task.
+    """Quality figures of a model on ``n_prompts`` held-out prompts per task (per cell for the
+    mechanism checks, which ``mechanisms=False`` leaves out).
 
     ``run`` maps token ids [N, T] to logits [N, T, V]; ``run_without_heads`` does the same with
-    every attention head's output zeroed (the model must need its attention for IOI).
+    every attention head's output zeroed (the model must need its attention for IOI);
+    ``patterns`` (optional) gives attention patterns for the head-role figures.
     """
     figures = []
     ioi = load_task("ioi").make_batch(tokenizer, n_prompts, seed)
@@ -97,7 +195,7 @@ def task_figures(
             -0.5,
         )
     )
-    first = first_half_logprob(logits, ind, induction.half_length).mean().item()
+    first = first_half_logprob(logits, ind).mean().item()
     chance = -math.log(len(induction.pool))
     figures.append(
         Figure(
@@ -107,6 +205,12 @@ def task_figures(
             abs(first - chance) <= 0.5,
         )
     )
+    if mechanisms:
+        cell_prompts = max(1, n_prompts // 5)
+        figures += induction_figures(run, tokenizer, cell_prompts, seed)
+        figures += ioi_cell_figures(run, tokenizer, cell_prompts, seed)
+    if patterns is not None:
+        figures += role_figures(patterns, tokenizer, n_prompts, seed)[0]
     return figures
 
 

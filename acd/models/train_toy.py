@@ -26,13 +26,22 @@ import shutil
 import string
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from acd.models.quality import format_figures, hf_gpt2_runners, task_figures
+from acd.models.quality import (
+    format_figures,
+    hf_gpt2_runners,
+    induction_figures,
+    ioi_cell_figures,
+    role_figures,
+    task_figures,
+)
+from acd.roles import hf_gpt2_patterns
 from acd.tasks import InductionTask, PromptBatch, Task, TemplateTask, load_task
 
 # Training draws its prompts from task seeds >= this; held-out evaluation uses smaller ones.
@@ -136,22 +145,145 @@ def mixed_batch(
     tokenizer: PreTrainedTokenizerFast,
     step: int,
     seed: int,
-    per_task: int,
+    per_task: dict[str, int],
     answer_weight: float,
+    curriculum: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch: ``per_task`` prompts of every task, padded together."""
+    """One training batch: ``per_task[name]`` prompts of each task, padded together."""
     rng = random.Random(f"toy-train:{seed}:{step}")
     parts = []
     for task in tasks:
         task_seed = TRAIN_SEED_BASE + seed * 100_000_000 + step
-        batch = task.make_batch(tokenizer, per_task, seed=task_seed)
+        n = per_task.get(task.name, 0)
+        if n == 0:
+            continue
+        if isinstance(task, InductionTask) and curriculum:
+            task = induction_curriculum(task, step, curriculum)
+        batch = task.make_batch(tokenizer, n, seed=task_seed)
         parts.append(training_sequences(batch, rng, answer_weight))
+    if per_task.get("text", 0):
+        words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
+        parts.append(skip_bigram_text(words, per_task["text"], rng, seed, (16, 48)))
+    if per_task.get("icl", 0):
+        words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
+        parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48)))
     width = max(ids.shape[1] for ids, _ in parts)
     ids = torch.cat(
         [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=PAD_ID) for i, _ in parts]
     )
     weights = torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for _, w in parts])
     return ids, weights
+
+
+def init_sinusoidal_positions(model: GPT2LMHeadModel) -> None:
+    """Start the learned position embeddings from sinusoids (Vaswani et al. 2017), scaled to the
+    token embeddings' size.
+
+    A sinusoid code turns "the previous position" into a fixed linear map of the current one, so
+    a previous-token head is a simple function of W_Q and W_K from the start; random position
+    embeddings leave a long plateau before any head can find the previous token, and induction
+    heads cannot form before a previous-token head exists (Olsson et al. 2022).
+    """
+    wpe = model.transformer.wpe.weight
+    n_pos, d = wpe.shape
+    position = torch.arange(n_pos, dtype=torch.float64).unsqueeze(1)
+    freq = torch.exp(-math.log(10_000.0) * torch.arange(0, d, 2, dtype=torch.float64) / d)
+    table = torch.zeros(n_pos, d, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq)
+    scale = model.config.initializer_range * math.sqrt(2.0)  # each entry's std -> the init std
+    with torch.no_grad():
+        wpe.copy_((table * scale).to(wpe.dtype))
+
+
+def induction_curriculum(task: InductionTask, step: int, steps: int) -> InductionTask:
+    """The induction task with its longest half and prefix grown linearly over ``steps`` steps,
+    from the shortest half and no prefix to the task's full ranges.
+
+    Short sequences first: with few keys to choose from, the induction head's attention finds
+    its target sooner (the plateau before the phase change grows with the context length).
+    """
+    frac = min(1.0, step / steps)
+    lo, hi = task.half_lengths
+    p_lo, p_hi = task.prefix_lengths
+    half_hi = max(lo, round(lo + (hi - lo) * frac))
+    prefix_hi = max(p_lo, round(p_lo + (p_hi - p_lo) * frac))
+    return replace(task, half_lengths=(lo, half_hi), prefix_lengths=(p_lo, prefix_hi))
+
+
+def skip_bigram_text(
+    words: list[int], n: int, rng: random.Random, table_seed: int, length: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generic text: ``n`` sequences over ``words`` in which each word is, with probability 1/2,
+    a fixed function of the word *two* back (else a random word). BOS first, right-padded.
+
+    This is the share of generic next-word text in the training stream. Its point: the word two
+    back predicts the next one, so a head that attends to the previous token pays off on its own
+    (natural text gives previous-token heads the same reason, through its n-gram statistics).
+    Induction heads compose with a previous-token head (Olsson et al. 2022); without a reason
+    for one to exist first, a model trained only on tasks sits on a long plateau.
+
+    Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
+    """
+    table = words[:]
+    random.Random(f"skip-bigram:{table_seed}").shuffle(table)
+    follow = dict(zip(words, table))
+    rows = []
+    for _ in range(n):
+        row = [BOS_ID] + rng.sample(words, 2)
+        for _ in range(rng.randint(*length) - 2):
+            row.append(follow[row[-2]] if rng.random() < 0.5 else rng.choice(words))
+        rows.append(row)
+    return _padded(rows)
+
+
+def in_context_bigram_text(
+    words: list[int], n: int, rng: random.Random, length: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generic text with in-context regularities: each sequence picks 4-10 words and a random
+    successor for each, then walks it (the successor with probability 0.8, else one of the
+    sequence's words at random). BOS first, right-padded.
+
+    What follows a word is known only from earlier in the same sequence, many times over, as
+    names and phrases recur within a document: the denser, noisier cousin of the induction
+    task, whose only solution is the same previous-token -> induction head circuit.
+
+    Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
+    """
+    rows = []
+    for _ in range(n):
+        chosen = rng.sample(words, rng.randint(4, 10))
+        follow = {w: rng.choice(chosen) for w in chosen}
+        row = [BOS_ID, rng.choice(chosen)]
+        for _ in range(rng.randint(*length) - 1):
+            row.append(follow[row[-1]] if rng.random() < 0.8 else rng.choice(chosen))
+        rows.append(row)
+    return _padded(rows)
+
+
+def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD_ID)
+    weights = torch.zeros(len(rows), width)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        weights[i, 1 : len(row)] = 1.0
+    return ids, weights
+
+
+def parse_mix(spec: str) -> dict[str, int]:
+    """``"24"`` -> 24 prompts of every task; ``"ioi=16,induction=32"`` -> those (others 0)."""
+    if spec.isdigit():
+        return dict.fromkeys(TASK_NAMES, int(spec))
+    mix = {}
+    for part in spec.split(","):
+        name, _, count = part.partition("=")
+        if name not in (*TASK_NAMES, "text", "icl") or not count.isdigit():
+            raise ValueError(
+                f"--per-task {spec!r}: use N or name=N,... with names {TASK_NAMES}, text, icl"
+            )
+        mix[name] = int(count)
+    return mix
 
 
 def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -178,6 +310,8 @@ def train(args: argparse.Namespace) -> Path:
     tokenizer = build_tokenizer(task_vocabulary(tasks))
     config = build_config(len(tokenizer), args)
     model = GPT2LMHeadModel(config)
+    if args.sinusoidal_positions:
+        init_sinusoidal_positions(model)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -189,7 +323,13 @@ def train(args: argparse.Namespace) -> Path:
     start = time.perf_counter()
     for step in range(args.steps):
         ids, weights = mixed_batch(
-            tasks, tokenizer, step, args.seed, args.per_task, args.answer_weight
+            tasks,
+            tokenizer,
+            step,
+            args.seed,
+            parse_mix(args.per_task),
+            args.answer_weight,
+            args.curriculum,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
@@ -209,11 +349,33 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
-def report_quality(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> None:
-    """Print the held-out task figures (a progress check; it draws no training randomness)."""
+def report_quality(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, full: bool = False
+) -> None:
+    """Print held-out figures (a progress check; it draws no training randomness).
+
+    The short form is one line: the repeat NLL at half lengths never seen as such in a batch
+    of its own (with and without random words in front), the worst IOI cell, and the best
+    previous-token and induction scores, so the induction phase change shows as it happens.
+    """
     was_training = model.training
     model.eval()
-    print(format_figures(task_figures(*hf_gpt2_runners(model), tokenizer, n_prompts=200)))
+    run, run_without_heads = hf_gpt2_runners(model)
+    patterns = hf_gpt2_patterns(model)
+    if full:
+        figures = task_figures(run, run_without_heads, tokenizer, 200, patterns=patterns)
+        print(format_figures(figures))
+    else:
+        figures = induction_figures(run, tokenizer, 40, seed=0)
+        ioi = ioi_cell_figures(run, tokenizer, 40, seed=0)
+        roles = role_figures(patterns, tokenizer, 20, seed=0)[0]
+        nll = " ".join(f"{f.value:.2f}" for f in figures)
+        worst_ioi = min(f.value for f in ioi if "accuracy" in f.name)
+        print(
+            f"    repeat NLL {nll} | worst IOI cell acc {worst_ioi:.2f} | "
+            f"prev {roles[0].value:.2f} induction {roles[1].value:.2f}",
+            flush=True,
+        )
     model.train(was_training)
 
 
@@ -260,13 +422,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(Path(__file__).parent / "toy"), help="model dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2500)
-    parser.add_argument("--per-task", type=int, default=24, help="prompts per task per step")
+    parser.add_argument(
+        "--per-task",
+        default="24",
+        help="prompts per task per step: N for every task, or e.g. ioi=24,induction=32",
+    )
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--answer-weight", type=float, default=4.0)
+    parser.add_argument(
+        "--curriculum",
+        type=int,
+        default=0,
+        help="grow induction's half length and prefix to their full ranges over N steps",
+    )
+    parser.add_argument(
+        "--sinusoidal-positions",
+        type=int,
+        default=0,
+        help="1: start the position embeddings from sinusoids (see init_sinusoidal_positions)",
+    )
     parser.add_argument(
         "--threads", type=int, default=2, help="CPU threads (fixed for determinism)"
     )
