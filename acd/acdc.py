@@ -41,9 +41,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,7 @@ from acd.attribution import (
 from acd.distributed import all_reduce_sum, is_main, rank_and_size, shard
 from acd.errors import AcdError
 from acd.metrics import Metric
+from acd.models.load import weights_sha256
 from acd.patching import (
     ABLATIONS,
     mean_sources,
@@ -69,6 +72,7 @@ from acd.patching import (
     run_and_collect_residuals,
     run_patched_from_layer,
 )
+from acd.tasks import BATCH_TENSOR_FIELDS
 
 if TYPE_CHECKING:
     from acd.graph import ComputeGraph
@@ -80,7 +84,10 @@ if TYPE_CHECKING:
 ROWS_PER_FORWARD = 64
 
 CHECKPOINT_FORMAT = "acd-acdc-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: records the weights, dtype, device and acd version (1 did not)
+
+# What each checkpoint header field is, where its name alone does not say.
+_FIELD_NAMES = {"model_sha256": "model_sha256 (the model's weights)"}
 
 
 class AcdcError(AcdError, ValueError):
@@ -142,7 +149,10 @@ def acdc(
         rows_per_forward: (row, prompt) pairs one search forward carries.
         progress: show a progress bar (edges tested / candidate edges, circuit size).
         checkpoint: a JSON file written (atomically) after each destination and resumed from
-            when it exists and matches this run (otherwise AcdcError says what differs).
+            when it exists and matches this run: the same model weights, dtype, device kind,
+            acd version, graph, prompts, tau, metric, ablation and candidates (otherwise
+            AcdcError says which differ). Resuming prints one line to stderr; a finished
+            search deletes the file.
         on_progress: called as ``on_progress(visited, total, kept)`` after each destination
             (after its checkpoint is written).
 
@@ -152,10 +162,11 @@ def acdc(
     tau = _check_arguments(tau, ablation, batch_size, rows_per_forward, batch)
     metric = _resolve_metric(metric, batch)
     initial = _initial_circuit(graph, candidates)
-    header = _checkpoint_header(graph, batch, tau, metric, ablation, candidates)
     state = _SearchState.fresh(graph, initial, _accumulator_dtype(model))
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = _SearchState.load(Path(checkpoint), header, graph, state.deltas.dtype)
+    header = None
+    if checkpoint is not None:
+        header = _checkpoint_header(model, graph, batch, tau, metric, ablation, candidates)
+        state = _resume(Path(checkpoint), header, graph, state)
     # Means over *all* prompts (every rank computes the same), so sharding cannot change them.
     means = None
     if ablation == "mean":
@@ -187,6 +198,9 @@ def acdc(
         if on_progress is not None:
             on_progress(state.visited, total, state.n_kept())
     bar.close()
+    if checkpoint is not None and is_main():
+        # Finished: the result is complete, so a later run must not pick up a stale file.
+        Path(checkpoint).unlink(missing_ok=True)
     return AcdcResult(
         mask=state.kept.clone(),
         deltas=state.deltas.clone(),
@@ -352,15 +366,7 @@ class _SearchState:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise AcdcError(f"cannot read the ACDC checkpoint {path}: {error}") from None
-        if not isinstance(data, dict):
-            raise AcdcError(f"{path} is not an ACDC checkpoint")
-        for key, expected in header.items():
-            if data.get(key) != expected:
-                raise AcdcError(
-                    f"the checkpoint {path} is for a different run ({key}: "
-                    f"{_short(data.get(key))} there, {_short(expected)} here); "
-                    "delete it or pass another checkpoint path"
-                )
+        _check_header(path, data, header)
         n_edges = graph.n_src * graph.n_dst
         kept = torch.zeros(n_edges, dtype=torch.bool)
         deltas = torch.zeros(n_edges, dtype=dtype)
@@ -375,12 +381,75 @@ class _SearchState:
         return cls(graph.valid, kept.view(shape), deltas.view(shape), next_dst, visited)
 
 
+def _check_header(path: Path, data, header: dict) -> None:
+    """AcdcError, in one line naming every field that differs, unless the checkpoint ``data``
+    (parsed JSON) was written by this run: ``header``'s fields, all equal."""
+    again = "delete it or pass another checkpoint path"
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise AcdcError(f"{path} is not an ACDC checkpoint; {again}")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise AcdcError(
+            f"the ACDC checkpoint {path} has version {_short(data.get('version'))}, not "
+            f"{CHECKPOINT_VERSION} (an older or newer acd): it cannot be verified against "
+            f"this model's weights, dtype and device; {again}"
+        )
+    missing = [key for key in header if key not in data]
+    if missing:
+        raise AcdcError(
+            f"the ACDC checkpoint {path} records no {', '.join(missing)}, so it cannot be "
+            f"verified; {again}"
+        )
+    differ = [
+        f"{_FIELD_NAMES.get(key, key)}: {_short(data[key])} there, {_short(expected)} here"
+        for key, expected in header.items()
+        if data[key] != expected
+    ]
+    if differ:
+        raise AcdcError(
+            f"the ACDC checkpoint {path} is for a different run ({'; '.join(differ)}); {again}"
+        )
+
+
+def _resume(path: Path, header: dict, graph: ComputeGraph, fresh: _SearchState) -> _SearchState:
+    """The state to start from: ``fresh``, or the one saved in ``path`` when it exists (then
+    one line on stderr says so). Every rank reads the file and checks it; the ranks then
+    agree (one all-reduce) so that all resume, all start afresh, or all raise."""
+    state, error = fresh, None
+    resumed = path.exists()
+    if resumed:
+        try:
+            state = _SearchState.load(path, header, graph, fresh.deltas.dtype)
+        except AcdcError as refused:
+            error = refused
+    _, size = rank_and_size()
+    votes = all_reduce_sum(torch.tensor([float(error is not None), float(resumed)]))
+    if error is not None:
+        raise error
+    if votes[0] > 0:
+        raise AcdcError(f"another process refused the ACDC checkpoint {path}")
+    if 0 < votes[1] < size:
+        raise AcdcError(
+            f"the ACDC checkpoint {path} exists for only some of the processes; put it "
+            "where every process reads it, or pass another checkpoint path"
+        )
+    if resumed and is_main():
+        done = graph.n_dst - 1 - state.next_dst
+        print(
+            f"resuming ACDC from {path}: {done} of {graph.n_dst} destinations done "
+            f"({state.visited} edges tested)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return state
+
+
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 24 else text[:21] + "..."
 
 
 def _checkpoint_header(
+    model: ModelAdapter,
     graph: ComputeGraph,
     batch: PromptBatch,
     tau: float,
@@ -388,10 +457,16 @@ def _checkpoint_header(
     ablation: str,
     candidates: torch.Tensor | None,
 ) -> dict:
-    """What a checkpoint must agree on to be resumed (the full batch: every rank agrees)."""
+    """What a checkpoint must agree on to be resumed: what the search runs on (the weights,
+    their dtype, the kind of device, acd's version) and everything that changes a decision
+    (graph, prompts, tau, metric, ablation, candidates). Not ``batch_size`` or
+    ``rows_per_forward``: the width of a forward changes no decision. Computed from the full
+    batch and the (replicated) weights, so every rank computes the same header."""
     prompts = hashlib.sha256()
-    for tokens in (batch.clean, batch.corrupted):
-        prompts.update(tokens.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    for name in BATCH_TENSOR_FIELDS:  # tokens, scored positions, targets and answers
+        tensor = getattr(batch, name).detach().cpu().contiguous()
+        prompts.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        prompts.update(tensor.numpy().tobytes())
     candidate_hash = None
     if candidates is not None:
         bits = candidates.detach().bool().cpu().contiguous().numpy().tobytes()
@@ -399,7 +474,12 @@ def _checkpoint_header(
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
+        "acd_version": _acd_version(),
         "graph": [graph.n_src, graph.n_dst],
+        # dtype and device first: a checkpoint of another dtype also differs in the hash.
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": torch.device(model.device).type,
+        "model_sha256": weights_sha256(model),
         "tau": tau,
         "metric": metric if isinstance(metric, str) else getattr(metric, "__qualname__", "?"),
         "ablation": ablation,
@@ -407,6 +487,16 @@ def _checkpoint_header(
         "prompts_sha256": prompts.hexdigest(),
         "candidates_sha256": candidate_hash,
     }
+
+
+def _acd_version() -> str:
+    """The installed acd's version (as ``circuit.json`` records it), else ``acd.__version__``."""
+    try:
+        return metadata.version("acd")
+    except metadata.PackageNotFoundError:
+        import acd
+
+        return acd.__version__
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ and writes files.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from acd.errors import AcdError
+from acd.threads import apply_threads, resolve_threads
 
 EXAMPLES = {
     "models": "example: acd models",
@@ -500,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=_positive_int, default=500, help="prompts per task")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (held out from training)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
+    _threads_option(p)
 
     p = add("discover", "Find a task's circuit in a model and write its files.", cmd_discover)
     p.add_argument("task", help="shipped task name (acd tasks) or a .toml/.csv/.jsonl file")
@@ -544,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint",
-        help="acdc/hybrid: checkpoint file; an interrupted run "
-        "resumes from it with the identical result",
+        help="acdc/hybrid: checkpoint file; an interrupted run resumes from it with the "
+        "identical result (same model, dtype and arguments only); removed when the run ends",
     )
     _prompt_options(p)
     p.add_argument("--ig-steps", type=_positive_int, default=5, help="eap-ig steps (5)")
@@ -619,6 +622,20 @@ def _model_options(
         choices=["float32", "float16", "bfloat16", "float64"],
         help="model dtype (default float32)",
     )
+    _threads_option(p)
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    # Parsed as text and checked by resolve_threads, so that a bad value is one "acd: error:"
+    # line, like a bad ACD_THREADS / OMP_NUM_THREADS.
+    p.add_argument(
+        "--threads",
+        metavar="N",
+        default=None,
+        help="CPU threads for torch (default: $ACD_THREADS, else $OMP_NUM_THREADS, else the "
+        "physical cores this process may use, divided by $LOCAL_WORLD_SIZE under torchrun); "
+        "on a shared machine 1 is often much faster",
+    )
 
 
 def _prompt_options(p: argparse.ArgumentParser, *, evaluate: bool = False) -> None:
@@ -672,7 +689,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so atomic writes clean up.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    restore_threads = None
     try:
+        if hasattr(args, "threads"):  # a command that runs a model
+            restore_threads = _set_threads(args)
         return args.func(args)
     except AcdError as err:
         print(f"acd: error: {err}", file=sys.stderr)
@@ -682,6 +702,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if restore_threads is not None:  # an in-process caller keeps its own count
+            import torch
+
+            torch.set_num_threads(restore_threads)
+
+
+def _set_threads(args: argparse.Namespace) -> int:
+    """Resolve and apply the thread count before the model loads (acd/threads.py has the rule);
+    print it as the first line of the run header (rank 0 only). Returns torch's previous count."""
+    import torch
+
+    choice = resolve_threads(args.threads)
+    before = torch.get_num_threads()
+    apply_threads(choice.n)
+    args.thread_choice = choice
+    if os.environ.get("RANK", "0").strip() in ("", "0"):
+        print(choice.header(), flush=True)
+    return before
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:

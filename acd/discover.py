@@ -102,7 +102,9 @@ def discover(
             (acd.acdc; raise it on a GPU, where a wide forward costs about as much as a
             narrow one).
         checkpoint: ``acdc``/``hybrid`` only: a JSON file the search saves its progress to
-            after each destination and resumes from (acd.acdc).
+            after each destination and resumes from, if it was written for the same weights,
+            dtype, device kind, prompts and search parameters (else AcdError); the finished
+            search deletes it (acd.acdc).
 
     Returns: a Circuit whose ``edges``, ``edge_scores`` (every valid edge) and
     ``metrics["faithfulness"]`` are filled. For ``acdc``/``hybrid`` the scores are ACDC's

@@ -103,7 +103,7 @@ class PromptBatch:
             pairs = [self.pairs[i] for i in index.tolist()] if self.pairs else []
         return replace(
             self,
-            **{name: getattr(self, name)[index] for name in _TENSOR_FIELDS},
+            **{name: getattr(self, name)[index] for name in BATCH_TENSOR_FIELDS},
             pairs=pairs,
         )
 
@@ -114,10 +114,12 @@ class PromptBatch:
         return [self.select(slice(i, i + batch_size)) for i in range(0, len(self), batch_size)]
 
     def to(self, device: torch.device | str) -> PromptBatch:
-        return replace(self, **{name: getattr(self, name).to(device) for name in _TENSOR_FIELDS})
+        return replace(
+            self, **{name: getattr(self, name).to(device) for name in BATCH_TENSOR_FIELDS}
+        )
 
 
-_TENSOR_FIELDS = (
+BATCH_TENSOR_FIELDS = (
     "clean",
     "corrupted",
     "lengths",

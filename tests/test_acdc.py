@@ -4,6 +4,7 @@ speculative search against a plain one-edge-at-a-time implementation written her
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import acd
 from acd.acdc import AcdcError, acdc
 from acd.graph import ComputeGraph
 from acd.metrics import get_metric
+from acd.models import weights_sha256
 from acd.patching import (
     collect_sources,
     patch_values,
@@ -195,6 +197,29 @@ class Interrupt(KeyboardInterrupt):
     """A Ctrl-C raised from the progress callback."""
 
 
+def _interrupted_checkpoint(model, graph, batch, path, **kwargs) -> dict:
+    """Run ACDC with the checkpoint ``path``, stopped after its first destination; returns
+    the checkpoint's JSON."""
+
+    def stop(*_):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        acdc(model, graph, batch, checkpoint=path, on_progress=stop, progress=False, **kwargs)
+    return json.loads(path.read_text())
+
+
+def _final_checkpoint(model, graph, batch, path, **kwargs) -> str:
+    """The checkpoint ACDC writes after its last destination (read before it is removed)."""
+    texts = []
+
+    def read(*_):
+        texts.append(path.read_text())
+
+    acdc(model, graph, batch, checkpoint=path, on_progress=read, **kwargs)
+    return texts[-1]
+
+
 def test_checkpoint_resume_gives_the_uninterrupted_result(tiny_models, tmp_path):
     model, graph = tiny_models["gpt2"]
     batch = random_batch(4, 7, seed=0, d_vocab=60)
@@ -224,8 +249,13 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tiny_models, tmp_path)
     assert torch.equal(resumed.deltas, whole.deltas)
     assert resumed.visited == whole.visited
     assert resumed.n_forwards < whole.n_forwards  # the first destinations were not redone
+    assert not path.exists()  # the finished search removed its checkpoint
 
-    # A finished checkpoint resumes to the same result without testing anything again.
+    # A checkpoint of a finished search (written after the last destination, the search then
+    # interrupted before it could remove it) resumes to the same result, testing nothing.
+    final = _final_checkpoint(model, graph, batch, path, **kwargs)
+    assert json.loads(final)["next_destination"] == -1 and not path.exists()
+    path.write_text(final)
     again = acdc(model, graph, batch, checkpoint=path, **kwargs)
     assert torch.equal(again.mask, whole.mask) and torch.equal(again.deltas, whole.deltas)
     assert again.n_circuits == 0
@@ -235,7 +265,7 @@ def test_checkpoint_of_another_run_is_refused(tiny_models, tmp_path):
     model, graph = tiny_models["gpt2"]
     batch = random_batch(4, 7, seed=0, d_vocab=60)
     path = tmp_path / "acdc.json"
-    acdc(model, graph, batch, tau=0.01, checkpoint=path, progress=False)
+    _interrupted_checkpoint(model, graph, batch, path, tau=0.01)
     with pytest.raises(AcdcError, match="tau"):
         acdc(model, graph, batch, tau=0.02, checkpoint=path, progress=False)
     with pytest.raises(AcdcError, match="prompts_sha256"):
@@ -252,6 +282,103 @@ def test_checkpoint_of_another_run_is_refused(tiny_models, tmp_path):
     path.write_text("{not json")
     with pytest.raises(AcdcError, match="cannot read"):
         acdc(model, graph, batch, tau=0.01, checkpoint=path, progress=False)
+
+
+def _perturbed_copy(model, tmp_path):
+    """The model loaded from a copy of its directory in which one weight was changed."""
+    from safetensors.torch import load_file, save_file
+
+    copy = shutil.copytree(model.weights_dir, tmp_path / "perturbed")
+    weights = load_file(copy / "model.safetensors")
+    name = next(k for k in sorted(weights) if k.endswith("h.0.mlp.c_fc.weight"))
+    weights[name] = weights[name].clone()
+    weights[name][0, 0] += 0.5
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    return acd.load_model(copy, device="cpu")
+
+
+def test_checkpoint_of_a_model_with_other_weights_is_refused(tiny_models, tmp_path):
+    """The same graph, prompts and parameters on a copy of the model with one weight changed:
+    the checkpoint's deltas are not this model's, so resuming from it is refused."""
+    model, graph = tiny_models["gpt2"]
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
+    path = tmp_path / "acdc.json"
+    _interrupted_checkpoint(model, graph, batch, path, tau=0.001)
+    other = _perturbed_copy(model, tmp_path)
+    assert weights_sha256(other) != weights_sha256(model)
+    with pytest.raises(AcdcError, match="model_sha256 .the model's weights.") as error:
+        acdc(other, graph, batch, tau=0.001, checkpoint=path, progress=False)
+    message = str(error.value)
+    assert "\n" not in message and "delete it or pass another checkpoint path" in message
+    assert str(path) in message
+    assert path.exists()  # a refused checkpoint is left alone
+
+
+def test_checkpoint_of_another_dtype_is_refused(tiny_models, tmp_path):
+    model, graph = tiny_models["gpt2"]
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
+    path = tmp_path / "acdc.json"
+    saved = _interrupted_checkpoint(model, graph, batch, path, tau=0.001)
+    assert saved["dtype"] == "float32" and saved["device"] == "cpu"
+    wider = acd.load_model(model.weights_dir, device="cpu", dtype=torch.float64)
+    with pytest.raises(AcdcError, match="dtype: .float32. there, .float64. here"):
+        acdc(wider, graph, batch, tau=0.001, checkpoint=path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("device", "cuda"), ("acd_version", "0.0.1"), ("ablation", "zero"), ("metric", "task")],
+)
+def test_checkpoint_fields_are_each_checked(tiny_models, tmp_path, field, value):
+    model, graph = tiny_models["gpt2"]
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
+    path = tmp_path / "acdc.json"
+    saved = _interrupted_checkpoint(model, graph, batch, path, tau=0.001)
+    assert field in saved
+    path.write_text(json.dumps({**saved, field: value}))
+    with pytest.raises(AcdcError, match=f"{field}: .{value}. there"):
+        acdc(model, graph, batch, tau=0.001, checkpoint=path, progress=False)
+
+
+def test_a_checkpoint_of_an_older_acd_is_refused_in_one_line(tiny_models, tmp_path):
+    """A checkpoint without the weights, dtype and device fields cannot be verified."""
+    model, graph = tiny_models["gpt2"]
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
+    path = tmp_path / "acdc.json"
+    saved = _interrupted_checkpoint(model, graph, batch, path, tau=0.001)
+    # What a version-1 checkpoint held.
+    old_keys = ("format", "graph", "tau", "metric", "ablation", "n_prompts", "prompts_sha256")
+    old_keys += ("candidates_sha256", "kept", "deltas", "next_destination", "visited")
+    for old in (
+        {**{k: saved[k] for k in old_keys if k in saved}, "version": 1},
+        {k: v for k, v in saved.items() if k != "model_sha256"},
+    ):
+        path.write_text(json.dumps(old))
+        with pytest.raises(AcdcError, match="cannot be verified") as error:
+            acdc(model, graph, batch, tau=0.001, checkpoint=path, progress=False)
+        assert "\n" not in str(error.value) and "delete it" in str(error.value)
+
+
+def test_resuming_says_so_and_a_finished_search_removes_its_checkpoint(
+    tiny_models, tmp_path, capsys
+):
+    model, graph = tiny_models["gpt2"]
+    batch = random_batch(4, 7, seed=0, d_vocab=60)
+    path = tmp_path / "acdc.json"
+    acdc(model, graph, batch, tau=0.001, checkpoint=path, progress=False)
+    assert not path.exists()  # finished: nothing left to resume
+    assert "resuming" not in capsys.readouterr().err
+
+    saved = _interrupted_checkpoint(model, graph, batch, path, tau=0.001)
+    capsys.readouterr()
+    acdc(model, graph, batch, tau=0.001, checkpoint=path, progress=False)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "resuming" in line]
+    assert lines == [
+        f"resuming ACDC from {path}: 1 of {graph.n_dst} destinations done "
+        f"({saved['visited']} edges tested)"
+    ]
+    assert not path.exists()
 
 
 # --------------------------------------------------------------------------------------------

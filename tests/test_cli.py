@@ -102,3 +102,132 @@ def test_help_has_an_example_for_each_command():
     for command in ["models", "tasks", "check-model"]:
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "example: acd " + command in result.stdout
+
+
+# --threads: the CPU thread count of the commands that run a model (acd/threads.py).
+
+# /proc/cpuinfo of one socket: 4 logical CPUs, 2 cores of 2 hyperthreads each.
+HYPERTHREADED_CPUINFO = "\n\n".join(
+    f"processor\t: {cpu}\nmodel name\t: x\nphysical id\t: 0\ncore id\t\t: {core}\ncpu cores\t: 2"
+    for cpu, core in [(0, 0), (1, 1), (2, 0), (3, 1)]
+)
+
+
+def resolve(requested=None, env=None, cpus=(0, 1, 2, 3), cpuinfo=HYPERTHREADED_CPUINFO):
+    from acd.threads import resolve_threads
+
+    return resolve_threads(
+        requested, env or {}, allowed_cpus=lambda: set(cpus), cpuinfo=lambda: cpuinfo
+    )
+
+
+def test_threads_default_is_the_physical_cores_the_process_may_use():
+    assert resolve().n == 2  # 4 hyperthreads on 2 cores
+    assert resolve(cpus=(0, 2)).n == 1  # two hyperthreads of core 0
+    assert resolve(cpus=(0, 1)).n == 2
+    assert resolve().header() == "threads: 2 (physical cores; set --threads or OMP_NUM_THREADS)"
+    # No core ids in /proc/cpuinfo (some VMs, ARM): every allowed CPU counts.
+    no_cores = "processor\t: 0\n\nprocessor\t: 1\n\nprocessor\t: 2"
+    assert (resolve(cpus=(0, 1, 2), cpuinfo=no_cores).n, resolve(cpuinfo="").source) == (3, "CPUs")
+
+
+def test_threads_default_is_divided_among_torchrun_processes():
+    eight = "\n\n".join(f"processor : {c}\nphysical id : 0\ncore id : {c}" for c in range(8))
+    cpus = range(8)
+    assert resolve(env={"LOCAL_WORLD_SIZE": "1"}, cpus=cpus, cpuinfo=eight).n == 8
+    four = resolve(env={"LOCAL_WORLD_SIZE": "4"}, cpus=cpus, cpuinfo=eight)
+    assert (four.n, four.source) == (2, "physical cores / 4 local processes")
+    assert resolve(env={"LOCAL_WORLD_SIZE": "16"}, cpus=cpus, cpuinfo=eight).n == 1
+
+
+def test_threads_option_beats_acd_threads_beats_omp_num_threads():
+    env = {"ACD_THREADS": "3", "OMP_NUM_THREADS": "5", "LOCAL_WORLD_SIZE": "2"}
+    assert (resolve("7", env).n, resolve("7", env).source) == (7, "--threads")
+    assert resolve("7", env).header() == "threads: 7 (--threads)"
+    # An explicit count is per process: LOCAL_WORLD_SIZE does not divide it.
+    assert (resolve(None, env).n, resolve(None, env).source) == (3, "ACD_THREADS")
+    assert resolve(None, env).header() == "threads: 3 (ACD_THREADS)"
+    omp = resolve(None, {"OMP_NUM_THREADS": "5", "ACD_THREADS": " "})  # empty counts as unset
+    assert (omp.n, omp.source) == (5, "OMP_NUM_THREADS")
+    assert resolve(None, {"OMP_NUM_THREADS": "4,2"}).n == 4  # OpenMP's nested form: the outer
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5", ""])
+def test_bad_thread_counts_are_user_mistakes(bad):
+    from acd.errors import AcdError
+
+    with pytest.raises(AcdError, match="--threads"):
+        resolve(bad)
+    if bad.strip():
+        with pytest.raises(AcdError, match="ACD_THREADS"):
+            resolve(None, {"ACD_THREADS": bad})
+        with pytest.raises(AcdError, match="OMP_NUM_THREADS"):
+            resolve(None, {"OMP_NUM_THREADS": bad})
+
+
+def test_threads_of_this_machine_are_within_its_allowed_cpus():
+    import os
+
+    from acd.threads import resolve_threads
+
+    choice = resolve_threads(None, {})
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= choice.n <= allowed and choice.source in ("physical cores", "CPUs")
+
+
+def test_every_command_that_runs_a_model_takes_threads_and_no_other_does():
+    from acd.cli import build_parser
+
+    parser = build_parser()
+    for command in (["check-model"], ["discover", "ioi"], ["evaluate", "c.json"], ["curve", "ioi"]):
+        assert parser.parse_args([*command, "--threads", "2"]).threads == "2"
+        assert parser.parse_args(command).threads is None
+    for command in (["render", "c.json"], ["compare", "a.json", "b.json"], ["tasks"], ["models"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--threads", "2"])
+
+
+def test_threads_are_set_before_the_model_loads_and_printed(monkeypatch, tmp_path, capsys):
+    import torch
+
+    import acd.models
+
+    before = torch.get_num_threads()
+    wanted = before + 1  # differs from the count this process runs with
+    real_load, seen = acd.models.load_model, []
+
+    def load_model(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(acd.models, "load_model", load_model)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads wins over the environment
+    argv = ["discover", "ioi", "--method", "eap", "--prompts", "4", "--edges", "10"]
+    argv += ["--out", str(tmp_path / "out"), "--quiet", "--threads", str(wanted)]
+    assert main(argv) == 0
+    assert seen == [wanted]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"threads: {wanted} (--threads)" and lines[1].startswith("loading model")
+    assert sum(ln.startswith("threads:") for ln in lines) == 1
+    assert torch.get_num_threads() == before  # an in-process caller gets its count back
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--threads", "0"], {}), (["--threads", "two"], {}), ([], {"ACD_THREADS": "-1"})],
+)
+def test_bad_threads_give_one_error_line_and_exit_2(args, env, tmp_path):
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "acd", "discover", "ioi", "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("acd: error:"), lines
+    assert ("--threads" if args else "ACD_THREADS") in lines[0]
+    assert not any(tmp_path.iterdir())  # stopped before any work

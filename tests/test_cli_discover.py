@@ -324,3 +324,42 @@ def test_torchrun_with_two_processes_finds_the_same_circuit(method, tmp_path):
     scale = float(b.scores.abs().max())
     assert float((a.scores - b.scores).abs().max()) <= 1e-6 * scale
     assert a.metrics["faithfulness"] == pytest.approx(b.metrics["faithfulness"], rel=1e-6)
+
+
+def test_discover_checkpoint_is_checked_resumed_and_removed(tmp_path, capsys, monkeypatch):
+    """``--checkpoint``: a checkpoint of other weights is one ``acd: error:`` line (exit 2); the
+    matching one is resumed, saying so on stderr, and removed once the circuit is complete."""
+    import acd
+    import acd.cli
+    from acd.acdc import acdc
+    from acd.cli import main
+    from acd.graph import ComputeGraph
+
+    model = acd.load_model("toy", device="cpu")
+    monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *args, **kwargs: model)
+    graph = ComputeGraph.from_model(model)
+    checkpoint = tmp_path / "acdc.json"
+    batch = acd.load_task("ioi").make_batch(model.tokenizer, 4, 0)  # what discover makes
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        acdc(model, graph, batch, tau=0.03, checkpoint=checkpoint, on_progress=stop)
+    saved = json.loads(checkpoint.read_text())
+    args = ["discover", "ioi", "--method", "acdc", "--tau", "0.03", "--prompts", "4", "--quiet"]
+    args += ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]
+
+    checkpoint.write_text(json.dumps({**saved, "model_sha256": "0" * 64}))
+    capsys.readouterr()  # the model's loading bars
+    assert main(args) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("acd: error:"), lines
+    assert "model_sha256 (the model's weights)" in lines[0] and "delete it" in lines[0]
+
+    checkpoint.write_text(json.dumps(saved))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"resuming ACDC from {checkpoint}: 1 of {graph.n_dst} destinations done" in err
+    assert not checkpoint.exists()
+    assert load_circuit(tmp_path / "out" / "circuit.json").method == "acdc"

@@ -176,6 +176,27 @@ def test_induction_repeats_and_the_corruption_leaves_nothing_to_copy(toy_tokeniz
     assert len(halves) >= 10 and len(prefixes) >= 5
 
 
+def test_varied_tasks_move_everything_and_keep_the_shipped_vocabulary(toy_tokenizer):
+    from acd.models.train_toy import training_tasks
+
+    varied = training_tasks(str(REPO / "tasks" / "varied"))
+    shipped = [load_task(n) for n in TASK_NAMES]
+    # A model trained on the varied tasks knows every word of the shipped ones.
+    assert set(task_vocabulary(shipped)) <= set(task_vocabulary(varied))
+    ioi, gt, induction = varied
+    assert isinstance(ioi, TemplateTask) and isinstance(gt, TemplateTask)
+    assert isinstance(induction, InductionTask)
+    assert ioi.prefix_count == (0, 12) and len(ioi.templates) > len(shipped[0].templates)
+    assert gt.prefix_count[1] > 0 and induction.half_lengths == (3, 24)
+    names = set(ioi.lists["names"])
+    first_name_at = {
+        next(i for i, w in enumerate(re.findall(r"\w+", p.clean)) if w in names)
+        for p in ioi.prompt_pairs(300, seed=2)
+    }
+    assert len(first_name_at) >= 10
+    _check_induction_batch(induction.make_batch(toy_tokenizer, 40, seed=1))
+
+
 def test_task_file_ranges_are_checked(tmp_path):
     (tmp_path / "words.txt").write_text("\n".join(f"w{i}" for i in range(30)))
     base = 'name = "x"\nkind = "induction"\npool = "words.txt"\n'

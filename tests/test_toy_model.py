@@ -94,6 +94,7 @@ def test_a_plain_wheel_carries_tasks_and_the_embedded_model(tmp_path):
         "acd/task_files/names.txt",
         "acd/task_files/greater_than.toml",
         "acd/task_files/induction.toml",
+        "acd/task_files/varied/ioi.toml",
         "acd/models/toy/model.safetensors",
         "acd/models/toy/tokenizer.json",
         "acd/models/toy/config.json",

@@ -60,6 +60,14 @@ WORD_SPLIT = pre_tokenizers.Sequence(
 )
 
 
+def training_tasks(task_dir: str | None = None) -> list[Task]:
+    """The three tasks trained on: the shipped ones, or ``task_dir``/<name>.toml (e.g.
+    tasks/varied/, the same tasks with the names, years and repeats at varied positions)."""
+    if task_dir is None:
+        return [load_task(name) for name in TASK_NAMES]
+    return [load_task(Path(task_dir) / f"{name.replace('-', '_')}.toml") for name in TASK_NAMES]
+
+
 def task_vocabulary(tasks: list[Task]) -> list[str]:
     """Every word the tasks can produce, in a stable order (special tokens first)."""
     words: set[str] = set()
@@ -140,7 +148,7 @@ def training_sequences(
     return ids, weights
 
 
-def mixed_batch(
+def mixed_parts(
     tasks: list[Task],
     tokenizer: PreTrainedTokenizerFast,
     step: int,
@@ -148,8 +156,12 @@ def mixed_batch(
     per_task: dict[str, int],
     answer_weight: float,
     curriculum: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch: ``per_task[name]`` prompts of each task, padded together."""
+    text_rule: str = "table",
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
+    texts ``text`` and ``icl``), as (ids [N, T], weights [N, T]) per part, each padded to its
+    own width (``pad_together`` makes the step's batch).
+    """
     rng = random.Random(f"toy-train:{seed}:{step}")
     parts = []
     for task in tasks:
@@ -161,18 +173,13 @@ def mixed_batch(
             task = induction_curriculum(task, step, curriculum)
         batch = task.make_batch(tokenizer, n, seed=task_seed)
         parts.append(training_sequences(batch, rng, answer_weight))
+    words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
     if per_task.get("text", 0):
-        words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
-        parts.append(skip_bigram_text(words, per_task["text"], rng, seed, (16, 48)))
+        table_seed = seed if text_rule == "table" else None
+        parts.append(skip_bigram_text(words, per_task["text"], rng, table_seed, (16, 48)))
     if per_task.get("icl", 0):
-        words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
         parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48)))
-    width = max(ids.shape[1] for ids, _ in parts)
-    ids = torch.cat(
-        [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=PAD_ID) for i, _ in parts]
-    )
-    weights = torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for _, w in parts])
-    return ids, weights
+    return parts
 
 
 def init_sinusoidal_positions(model: GPT2LMHeadModel) -> None:
@@ -212,7 +219,7 @@ def induction_curriculum(task: InductionTask, step: int, steps: int) -> Inductio
 
 
 def skip_bigram_text(
-    words: list[int], n: int, rng: random.Random, table_seed: int, length: tuple[int, int]
+    words: list[int], n: int, rng: random.Random, table_seed: int | None, length: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generic text: ``n`` sequences over ``words`` in which each word is, with probability 1/2,
     a fixed function of the word *two* back (else a random word). BOS first, right-padded.
@@ -226,8 +233,9 @@ def skip_bigram_text(
     Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
     """
     table = words[:]
-    random.Random(f"skip-bigram:{table_seed}").shuffle(table)
-    follow = dict(zip(words, table))
+    if table_seed is not None:
+        random.Random(f"skip-bigram:{table_seed}").shuffle(table)
+    follow = dict(zip(words, table))  # table_seed None: each word follows itself (a copy)
     rows = []
     for _ in range(n):
         row = [BOS_ID] + rng.sample(words, 2)
@@ -240,8 +248,8 @@ def skip_bigram_text(
 def in_context_bigram_text(
     words: list[int], n: int, rng: random.Random, length: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generic text with in-context regularities: each sequence picks 4-10 words and a random
-    successor for each, then walks it (the successor with probability 0.8, else one of the
+    """Generic text with in-context regularities: each sequence picks 8-16 words and a random
+    successor for each, then walks it (the successor with probability 0.9, else one of the
     sequence's words at random). BOS first, right-padded.
 
     What follows a word is known only from earlier in the same sequence, many times over, as
@@ -252,11 +260,11 @@ def in_context_bigram_text(
     """
     rows = []
     for _ in range(n):
-        chosen = rng.sample(words, rng.randint(4, 10))
+        chosen = rng.sample(words, rng.randint(8, 16))
         follow = {w: rng.choice(chosen) for w in chosen}
         row = [BOS_ID, rng.choice(chosen)]
         for _ in range(rng.randint(*length) - 1):
-            row.append(follow[row[-1]] if rng.random() < 0.8 else rng.choice(chosen))
+            row.append(follow[row[-1]] if rng.random() < 0.9 else rng.choice(chosen))
         rows.append(row)
     return _padded(rows)
 
@@ -286,6 +294,22 @@ def parse_mix(spec: str) -> dict[str, int]:
     return mix
 
 
+def pad_together(
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of every part, right-padded to the longest: ids [N, T], weights [N, T].
+
+    (One forward per part would skip the padding, about half of a step once the induction
+    prompts vary in length; one padded batch keeps the shipped recipe's weights bit for bit.)
+    """
+    width = max(ids.shape[1] for ids, _ in parts)
+    ids = torch.cat(
+        [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=PAD_ID) for i, _ in parts]
+    )
+    weights = torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for _, w in parts])
+    return ids, weights
+
+
 def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted next-token cross-entropy. logits [N, T, V], ids [N, T], weights [N, T]."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -306,7 +330,7 @@ def train(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
-    tasks = [load_task(name) for name in TASK_NAMES]
+    tasks = training_tasks(args.task_dir)
     tokenizer = build_tokenizer(task_vocabulary(tasks))
     config = build_config(len(tokenizer), args)
     model = GPT2LMHeadModel(config)
@@ -322,7 +346,7 @@ def train(args: argparse.Namespace) -> Path:
     )
     start = time.perf_counter()
     for step in range(args.steps):
-        ids, weights = mixed_batch(
+        parts = mixed_parts(
             tasks,
             tokenizer,
             step,
@@ -330,9 +354,11 @@ def train(args: argparse.Namespace) -> Path:
             parse_mix(args.per_task),
             args.answer_weight,
             args.curriculum,
+            args.text_rule,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        ids, weights = pad_together(parts)
         loss = weighted_loss(model(ids).logits, ids, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -397,7 +423,9 @@ def save_model_dir(
         recipe = {k: v for k, v in vars(args).items() if k not in ("out",)}
         recipe["train_seconds"] = round(seconds, 1)
         recipe["command"] = "python -m acd.models.train_toy " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in recipe.items() if k != "train_seconds"
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in recipe.items()
+            if k != "train_seconds" and v is not None
         )
         (tmp / "training.json").write_text(json.dumps(recipe, indent=2) + "\n")
         # mkdtemp makes a private directory; a model directory is ordinary shared data.
@@ -421,6 +449,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "toy"), help="model dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--task-dir",
+        default=None,
+        help="train on DIR/{ioi,greater_than,induction}.toml instead of the shipped tasks "
+        "(e.g. tasks/varied)",
+    )
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument(
         "--per-task",
@@ -433,6 +467,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--answer-weight", type=float, default=4.0)
+    parser.add_argument(
+        "--text-rule",
+        choices=["table", "copy"],
+        default="table",
+        help="generic text: the word two back maps to the next by a fixed random table, or is "
+        "copied",
+    )
     parser.add_argument(
         "--curriculum",
         type=int,
