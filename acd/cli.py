@@ -113,17 +113,17 @@ def cmd_check_model(args: argparse.Namespace) -> int:
         f"{model.n_params:,} parameters ({model.source}: {model.path})"
     )
     print(f"{args.prompts} held-out prompts per task (seed {args.seed})\n")
-    patterns = adapter_patterns(model)
     figures = task_figures(
-        *adapter_runners(model),
-        model.tokenizer,
-        n_prompts=args.prompts,
-        seed=args.seed,
-        patterns=patterns,
+        *adapter_runners(model), model.tokenizer, n_prompts=args.prompts, seed=args.seed
     )
+    # Head roles are measured once: their figures close the list, their table follows it.
+    roles, role_table = role_figures(
+        adapter_patterns(model), model.tokenizer, args.prompts, args.seed
+    )
+    figures += roles
     print(format_figures(figures))
     print("\nHead roles (mean attention; docs/models.md defines each score)")
-    print(role_figures(patterns, model.tokenizer, args.prompts, args.seed)[1])
+    print(role_table)
     print(f"\n{time.perf_counter() - start:.1f} s")
     return 0 if all(f.met is not False for f in figures) else 1
 

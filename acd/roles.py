@@ -140,11 +140,10 @@ def ioi_final_attention(
     return torch.stack(to_io).mean(0), torch.stack(to_s).mean(0)
 
 
-def ordinary_token_ids(tokenizer, limit: int | None = None) -> list[int]:
-    """Token ids of the tokenizer's vocabulary without its special tokens (the first ``limit``)."""
+def ordinary_token_ids(tokenizer) -> list[int]:
+    """Token ids of the tokenizer's vocabulary without its special tokens."""
     special = set(tokenizer.all_special_ids)
-    ids = [i for i in range(len(tokenizer)) if i not in special]
-    return ids[:limit] if limit else ids
+    return [i for i in range(len(tokenizer)) if i not in special]
 
 
 def adapter_patterns(model) -> PatternsFn:

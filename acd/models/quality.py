@@ -149,15 +149,14 @@ def task_figures(
     tokenizer,
     n_prompts: int = 500,
     seed: int = 0,
-    patterns: PatternsFn | None = None,
     mechanisms: bool = True,
 ) -> list[Figure]:
     """Quality figures of a model on ``n_prompts`` held-out prompts per task (per cell for the
-    mechanism checks, which ``mechanisms=False`` leaves out).
+    mechanism checks, which ``mechanisms=False`` leaves out). The head-role figures come from
+    ``role_figures``, which needs attention patterns.
 
     ``run`` maps token ids [N, T] to logits [N, T, V]; ``run_without_heads`` does the same with
-    every attention head's output zeroed (the model must need its attention for IOI);
-    ``patterns`` (optional) gives attention patterns for the head-role figures.
+    every attention head's output zeroed (the model must need its attention for IOI).
     """
     figures = []
     ioi = load_task("ioi").make_batch(tokenizer, n_prompts, seed)
@@ -209,8 +208,6 @@ def task_figures(
         cell_prompts = max(1, n_prompts // 5)
         figures += induction_figures(run, tokenizer, cell_prompts, seed)
         figures += ioi_cell_figures(run, tokenizer, cell_prompts, seed)
-    if patterns is not None:
-        figures += role_figures(patterns, tokenizer, n_prompts, seed)[0]
     return figures
 
 

@@ -34,12 +34,10 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from acd.models.quality import (
-    format_figures,
     hf_gpt2_runners,
     induction_figures,
     ioi_cell_figures,
     role_figures,
-    task_figures,
 )
 from acd.roles import hf_gpt2_patterns
 from acd.tasks import InductionTask, PromptBatch, Task, TemplateTask, load_task
@@ -375,33 +373,24 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
-def report_quality(
-    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, full: bool = False
-) -> None:
-    """Print held-out figures (a progress check; it draws no training randomness).
-
-    The short form is one line: the repeat NLL at half lengths never seen as such in a batch
-    of its own (with and without random words in front), the worst IOI cell, and the best
-    previous-token and induction scores, so the induction phase change shows as it happens.
-    """
+def report_quality(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Print one line of held-out figures (a progress check; it draws no training randomness):
+    the repeat NLL at half lengths never seen as such in a batch of its own (with and without
+    random words in front), the worst IOI cell, and the best previous-token and induction
+    scores, so the induction phase change shows as it happens."""
     was_training = model.training
     model.eval()
-    run, run_without_heads = hf_gpt2_runners(model)
-    patterns = hf_gpt2_patterns(model)
-    if full:
-        figures = task_figures(run, run_without_heads, tokenizer, 200, patterns=patterns)
-        print(format_figures(figures))
-    else:
-        figures = induction_figures(run, tokenizer, 40, seed=0)
-        ioi = ioi_cell_figures(run, tokenizer, 40, seed=0)
-        roles = role_figures(patterns, tokenizer, 20, seed=0)[0]
-        nll = " ".join(f"{f.value:.2f}" for f in figures)
-        worst_ioi = min(f.value for f in ioi if "accuracy" in f.name)
-        print(
-            f"    repeat NLL {nll} | worst IOI cell acc {worst_ioi:.2f} | "
-            f"prev {roles[0].value:.2f} induction {roles[1].value:.2f}",
-            flush=True,
-        )
+    run, _ = hf_gpt2_runners(model)
+    figures = induction_figures(run, tokenizer, 40, seed=0)
+    ioi = ioi_cell_figures(run, tokenizer, 40, seed=0)
+    roles = role_figures(hf_gpt2_patterns(model), tokenizer, 20, seed=0)[0]
+    nll = " ".join(f"{f.value:.2f}" for f in figures)
+    worst_ioi = min(f.value for f in ioi if "accuracy" in f.name)
+    print(
+        f"    repeat NLL {nll} | worst IOI cell acc {worst_ioi:.2f} | "
+        f"prev {roles[0].value:.2f} induction {roles[1].value:.2f}",
+        flush=True,
+    )
     model.train(was_training)
 
 
