@@ -63,6 +63,9 @@ from acd.attribution import (
 )
 from acd.distributed import all_reduce_sum, is_main, rank_and_size, shard
 from acd.errors import AcdError
+from acd.formats import checkpoint as checkpoint_schema
+from acd.formats.checkpoint import CheckpointFile, check_progress, parse_checkpoint
+from acd.formats.common import parse_json, read_text
 from acd.metrics import Metric
 from acd.models.load import weights_sha256
 from acd.patching import (
@@ -83,8 +86,9 @@ if TYPE_CHECKING:
 # (patch values, the cached sources and patch - current): ~20 MB on GPT-2 small at 15 tokens.
 ROWS_PER_FORWARD = 64
 
-CHECKPOINT_FORMAT = "acd-acdc-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: records the weights, dtype, device and acd version (1 did not)
+# acd.formats.checkpoint holds the schema: version 2 records the weights, dtype, device and
+# acd version (1 did not).
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = checkpoint_schema.FORMAT, checkpoint_schema.VERSION
 
 # What each checkpoint header field is, where its name alone does not say.
 _FIELD_NAMES = {"model_sha256": "model_sha256 (the model's weights)"}
@@ -360,31 +364,48 @@ class _SearchState:
         return json.dumps(body, separators=(",", ":")) + "\n"
 
     @classmethod
-    def load(cls, path: Path, header: dict, graph: ComputeGraph, dtype: torch.dtype):
-        """The state saved in ``path``; AcdcError if it belongs to another run or is damaged."""
+    def load(
+        cls,
+        path: Path,
+        header: dict,
+        graph: ComputeGraph,
+        dtype: torch.dtype,
+        initial: torch.Tensor,
+    ):
+        """The state saved in ``path``; AcdcError (one line) if it belongs to another run, or
+        does not fit its schema (``acd.formats.checkpoint``) or the search from ``initial``
+        ([n_src, n_dst] bool, the edges this run starts from)."""
+        where = f"the ACDC checkpoint {path}"
+        data = parse_json(read_text(path, where, AcdcError), f"cannot read {where}", AcdcError)
+        checkpoint = _check_header(path, data, header)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise AcdcError(f"cannot read the ACDC checkpoint {path}: {error}") from None
-        _check_header(path, data, header)
+            check_progress(checkpoint, initial, where, AcdcError)
+        except AcdcError as error:
+            raise AcdcError(f"{error}; {_AGAIN}") from None
         n_edges = graph.n_src * graph.n_dst
         kept = torch.zeros(n_edges, dtype=torch.bool)
+        kept[torch.tensor(checkpoint.kept, dtype=torch.long)] = True
         deltas = torch.zeros(n_edges, dtype=dtype)
-        try:
-            kept[torch.tensor(data["kept"], dtype=torch.long)] = True
-            for i, value in data["deltas"]:
-                deltas[int(i)] = float(value)
-            next_dst, visited = int(data["next_destination"]), int(data["visited"])
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
-            raise AcdcError(f"the ACDC checkpoint {path} is damaged: {error!r}") from None
+        tested = torch.tensor([i for i, _ in checkpoint.deltas], dtype=torch.long)
+        # Through float64: a value finite in JSON but beyond ``dtype``'s range becomes inf.
+        values = torch.tensor([v for _, v in checkpoint.deltas], dtype=torch.float64).to(dtype)
+        if not bool(values.isfinite().all()):
+            raise AcdcError(f"{where}: deltas: a value is beyond the range of {dtype}; {_AGAIN}")
+        deltas[tested] = values
         shape = (graph.n_src, graph.n_dst)
+        next_dst, visited = checkpoint.next_destination, checkpoint.visited
         return cls(graph.valid, kept.view(shape), deltas.view(shape), next_dst, visited)
 
 
-def _check_header(path: Path, data, header: dict) -> None:
-    """AcdcError, in one line naming every field that differs, unless the checkpoint ``data``
-    (parsed JSON) was written by this run: ``header``'s fields, all equal."""
-    again = "delete it or pass another checkpoint path"
+_AGAIN = "delete it or pass another checkpoint path"
+
+
+def _check_header(path: Path, data, header: dict) -> CheckpointFile:
+    """The checkpoint ``data`` (parsed JSON) checked against its schema, if it was written by
+    this run: ``header``'s fields, all equal; otherwise AcdcError, in one line naming every
+    field that differs. Another format, another version and missing header fields are named
+    before the schema's types (an old file's problem is its version, not its fields)."""
+    again = _AGAIN
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise AcdcError(f"{path} is not an ACDC checkpoint; {again}")
     if data.get("version") != CHECKPOINT_VERSION:
@@ -399,6 +420,10 @@ def _check_header(path: Path, data, header: dict) -> None:
             f"the ACDC checkpoint {path} records no {', '.join(missing)}, so it cannot be "
             f"verified; {again}"
         )
+    try:
+        checkpoint = parse_checkpoint(data, f"the ACDC checkpoint {path}", AcdcError)
+    except AcdcError as error:
+        raise AcdcError(f"{error}; {again}") from None
     differ = [
         f"{_FIELD_NAMES.get(key, key)}: {_short(data[key])} there, {_short(expected)} here"
         for key, expected in header.items()
@@ -408,6 +433,7 @@ def _check_header(path: Path, data, header: dict) -> None:
         raise AcdcError(
             f"the ACDC checkpoint {path} is for a different run ({'; '.join(differ)}); {again}"
         )
+    return checkpoint
 
 
 def _resume(path: Path, header: dict, graph: ComputeGraph, fresh: _SearchState) -> _SearchState:
@@ -418,7 +444,7 @@ def _resume(path: Path, header: dict, graph: ComputeGraph, fresh: _SearchState) 
     resumed = path.exists()
     if resumed:
         try:
-            state = _SearchState.load(path, header, graph, fresh.deltas.dtype)
+            state = _SearchState.load(path, header, graph, fresh.deltas.dtype, fresh.kept)
         except AcdcError as refused:
             error = refused
     _, size = rank_and_size()

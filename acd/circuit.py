@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import networkx as nx
 
     from acd.export import SavedFiles
+    from acd.heldout import PromptSplit, TaskSource
 
 # The packages whose versions a circuit records (see ``package_versions``).
 RECORDED_PACKAGES = ("acd", "torch", "transformer_lens", "transformers", "networkx")
@@ -61,6 +62,11 @@ class Circuit:
         model_sha256: sha256 of the model's weights (``acd.models.weights_sha256``), "" if unknown.
         versions: Python and package versions when the circuit was made (``package_versions``).
         created: when the circuit was made, UTC ISO-8601 (``utc_now``).
+        task_source: where the task came from (``acd.heldout.TaskSource``: a shipped name, or
+            a file's path and sha256), so that ``acd evaluate`` re-reads the same task; None
+            when unknown (a task built in memory, files of older acd versions).
+        prompt_split: how discovery's prompts were kept apart from evaluation's
+            (``acd.heldout.PromptSplit``); None when unknown.
     """
 
     graph: ComputeGraph
@@ -76,6 +82,8 @@ class Circuit:
     model_sha256: str = ""
     versions: dict[str, str] = field(default_factory=package_versions)
     created: str = field(default_factory=utc_now)
+    task_source: TaskSource | None = None
+    prompt_split: PromptSplit | None = None
 
     def __post_init__(self) -> None:
         shape = (self.graph.n_src, self.graph.n_dst)

@@ -17,9 +17,17 @@ import re
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from acd.errors import AcdError
+from acd.errors import AcdError, AcdWarning
+from acd.preflight import (
+    check_memory,
+    check_out_dir,
+    check_out_file,
+    check_out_stem,
+    prompt_tokens,
+)
 from acd.threads import apply_threads, resolve_threads
 
 EXAMPLES = {
@@ -28,7 +36,7 @@ EXAMPLES = {
     "check-model": "example: acd check-model toy --prompts 500",
     "discover": (
         "examples:\n"
-        "  acd discover ioi               # embedded model, EAP-IG: graphs/toy/ioi/eap-ig/\n"
+        "  acd discover ioi               # embedded model, EAP-IG: out/toy/ioi/eap-ig/\n"
         "  acd discover ioi --method eap-ig --edges 30 --out out/ioi\n"
         "  acd discover induction --method acdc --tau 0.01\n"
         "  acd discover greater-than --method hybrid --candidates 100 --tau 0.005\n"
@@ -36,18 +44,18 @@ EXAMPLES = {
     ),
     "evaluate": (
         "examples:\n"
-        "  acd evaluate graphs/toy/ioi/eap/circuit.json\n"
+        "  acd evaluate graphs/toy/ioi/eap-ig/circuit.json\n"
         "  acd evaluate circuit.json --prompts 500 --seed 1 --ablation mean\n"
         "  acd evaluate eapig_graph.json --task ioi --model gpt2   # an EAP-IG / MIB graph file"
     ),
     "render": (
         "examples:\n"
-        "  acd render graphs/toy/ioi/eap/circuit.json                # -> circuit.svg beside it\n"
+        "  acd render graphs/toy/ioi/eap-ig/circuit.json             # -> circuit.svg beside it\n"
         "  acd render circuit.json --format png --format pdf --out figures/ioi"
     ),
     "compare": (
         "examples:\n"
-        "  acd compare graphs/toy/ioi/eap/circuit.json graphs/toy/ioi/acdc/circuit.json\n"
+        "  acd compare out/toy/ioi/eap/circuit.json graphs/toy/ioi/eap-ig/circuit.json\n"
         "  acd compare found.json graphs/reference/gpt2-small/ioi.json"
     ),
     "curve": (
@@ -106,6 +114,7 @@ def cmd_check_model(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     _quiet_transformers()
+    _check_model(args.model, args.device)
     model = load_model(args.model, device=args.device)
     spec = model.spec
     print(
@@ -131,46 +140,30 @@ def cmd_check_model(args: argparse.Namespace) -> int:
 def cmd_discover(args: argparse.Namespace) -> int:
     from acd.discover import discover
     from acd.distributed import init_from_env, is_main
+    from acd.tasks import load_task
 
     init_from_env()
     _quiet_transformers()
     main_rank = is_main()
+    # Everything that can be checked without the model is checked before it loads.
+    options = _discover_options(args)
+    task = load_task(args.task)
+    out = Path(args.out) if args.out else default_out_dir(args.model, task.name, args.method)
+    check_out_dir(out)
+    if args.checkpoint:
+        check_out_file(args.checkpoint, "--checkpoint")
+    config = _check_model(args.model, args.device)
+    options["prompts"], sample = _discovery_prompts(task, args.prompts, args.seed)
+    _check_graph_size(config, args)
+    check_memory(options["prompts"], prompt_tokens(sample), config, args.batch_size, args.device)
     model = _load_model_verbose(args.model, args.device, args.dtype, quiet=not main_rank)
-    options = dict(
-        method=args.method,
-        prompts=args.prompts,
-        seed=args.seed,
-        metric=args.metric,
-        ablation=args.ablation,
-        batch_size=args.batch_size,
-        prune=not args.no_prune,
-        progress=main_rank and not args.quiet,
-    )
-    if args.method in ("acdc", "hybrid"):
-        if args.tau is None:
-            raise AcdError(f"--method {args.method} needs --tau (e.g. --tau 0.01)")
-        options.update(
-            tau=args.tau, checkpoint=args.checkpoint, rows_per_forward=args.rows_per_forward
-        )
-        if args.method == "hybrid":
-            if args.candidates is None:
-                raise AcdError("--method hybrid needs --candidates K (edges passed to ACDC)")
-            options.update(candidates=args.candidates, scoring=args.scoring)
-    else:
-        for flag, value in [("--tau", args.tau), ("--candidates", args.candidates)]:
-            if value is not None:
-                raise AcdError(f"{flag} applies to --method acdc/hybrid, not {args.method}")
-        if args.threshold is not None:
-            options.update(selection="threshold", threshold=args.threshold)
-        else:
-            options.update(selection=args.selection, edges=args.edges)
-    if args.method == "eap-ig" or (args.method == "hybrid" and args.scoring == "eap-ig"):
-        options["ig_steps"] = args.ig_steps
-    circuit = discover(args.task, model, **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AcdWarning)
+        circuit = discover(task, model, **options)
     if not main_rank:
         return 0
-    out = Path(args.out) if args.out else default_out_dir(circuit)
-    saved = circuit.save(out, formats=_formats(args.format))
+    _print_warnings(caught)
+    saved = _save_or_rescue(circuit, out, _formats(args.format))
     print()
     print(circuit.summary_markdown().rstrip())
     print()
@@ -183,10 +176,140 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_out_dir(circuit) -> Path:
-    """graphs/<model>/<task>/<method>/ under the working directory (names made path-safe)."""
-    parts = [circuit.model, circuit.task, circuit.method]
-    return Path("graphs", *(_path_safe(p) for p in parts))
+# Options that only some methods read; given with another method they are refused, not ignored.
+_METHOD_OPTIONS = {
+    "--edges": ("edges", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
+    "--threshold": ("threshold", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
+    "--selection": ("selection", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
+    "--tau": ("tau", ("acdc", "hybrid"), "--method acdc or hybrid"),
+    "--candidates": ("candidates", ("hybrid",), "--method hybrid"),
+    "--scoring": ("scoring", ("hybrid",), "--method hybrid"),
+    "--checkpoint": ("checkpoint", ("acdc", "hybrid"), "--method acdc or hybrid"),
+    "--rows-per-forward": ("rows_per_forward", ("acdc", "hybrid"), "--method acdc or hybrid"),
+}
+
+
+def _discover_options(args: argparse.Namespace) -> dict:
+    """discover()'s keywords from the command line, refusing (AcdError) every option the chosen
+    method does not read and every combination that cannot work (acd.discover.check_arguments),
+    all before anything is loaded."""
+    from acd.discover import check_arguments
+    from acd.distributed import is_main
+
+    method = args.method
+    for flag, (attr, methods, where) in _METHOD_OPTIONS.items():
+        if getattr(args, attr) is not None and method not in methods:
+            raise AcdError(f"{flag} applies to {where}, not --method {method}")
+    scoring = args.scoring or "eap-ig"
+    uses_ig = method == "eap-ig" or (method == "hybrid" and scoring == "eap-ig")
+    if args.ig_steps is not None and not uses_ig:
+        raise AcdError(
+            f"--ig-steps applies to --method eap-ig (or hybrid with --scoring eap-ig), "
+            f"not --method {method}" + (f" --scoring {scoring}" if method == "hybrid" else "")
+        )
+    if args.threshold is not None and args.selection is not None:
+        raise AcdError("--selection picks --edges edges; --threshold keeps all above it: not both")
+    if method in ("acdc", "hybrid") and args.tau is None:
+        raise AcdError(f"--method {method} needs --tau (e.g. --tau 0.01)")
+    if method == "hybrid" and args.candidates is None:
+        raise AcdError("--method hybrid needs --candidates K (edges passed to ACDC)")
+    options: dict = dict(
+        method=method,
+        seed=args.seed,
+        metric=args.metric,
+        ablation=args.ablation,
+        batch_size=args.batch_size,
+        prune=not args.no_prune,
+        progress=is_main() and not args.quiet,
+        force=args.force,
+    )
+    if method in ("acdc", "hybrid"):
+        options.update(tau=args.tau, checkpoint=args.checkpoint)
+        if args.rows_per_forward is not None:
+            options["rows_per_forward"] = args.rows_per_forward
+        if method == "hybrid":
+            options.update(candidates=args.candidates, scoring=scoring)
+    elif args.threshold is not None:
+        options.update(selection="threshold", threshold=args.threshold)
+    else:
+        options.update(selection=args.selection or "topn", edges=args.edges)
+    if uses_ig and args.ig_steps is not None:
+        options["ig_steps"] = args.ig_steps
+    checked = ("selection", "threshold", "tau", "candidates", "scoring", "metric", "ablation")
+    check_arguments(method, **{k: options[k] for k in checked if k in options})
+    return options
+
+
+def _discovery_prompts(task, requested: int | None, seed: int) -> tuple[int, list]:
+    """The number of discovery prompts (checked against a pair file's discovery rows), and a
+    few of them to estimate their length."""
+    from acd.heldout import available_prompts, discovery_split, resolve_prompts
+    from acd.preflight import LENGTH_SAMPLE
+
+    drawn_from, split = discovery_split(task, seed)
+    held = "" if split.generated or split.in_sample else f" ({split.evaluation} more held out)"
+    size = available_prompts(drawn_from)
+    n = resolve_prompts(requested, size, task.name, f"discovery rows{held}")
+    return n, drawn_from.prompt_pairs(min(n, LENGTH_SAMPLE), seed)
+
+
+def _check_model(name: str, device: str | None) -> dict | None:
+    """The device and the model's name or path, checked without loading; the model's
+    config.json when it is on disk (for the size checks), else None."""
+    from acd.models import check_device, model_config
+
+    check_device(device)
+    return model_config(name)
+
+
+def _check_graph_size(config: dict | None, args: argparse.Namespace) -> None:
+    """--edges and --candidates against the graph the model's config implies."""
+    from acd.graph import ComputeGraph
+
+    if config is None:
+        return
+    try:
+        n_edges = ComputeGraph.from_config(config).n_edges
+    except (ValueError, TypeError, KeyError):
+        return  # an unusual config: discover checks against the loaded model's graph
+    if args.edges is not None and args.edges > n_edges:
+        raise AcdError(
+            f"cannot keep {args.edges} edges: the graph has {n_edges} (choose 0..{n_edges})"
+        )
+    if args.candidates is not None and args.candidates > n_edges:
+        raise AcdError(f"--candidates {args.candidates}: the graph has only {n_edges} edges")
+
+
+def _save_or_rescue(circuit, out: Path, formats: tuple[str, ...]):
+    """Save the run into ``out``; if that fails after all (the folder was checked before the
+    work, but a disk can fill up or permissions change), save it into a new temporary folder
+    instead and say where, so that a finished result is never lost."""
+    import tempfile
+
+    try:
+        return circuit.save(out, formats=formats)
+    except OSError as err:
+        rescue = Path(tempfile.mkdtemp(prefix="acd-rescued-"))
+        circuit.save(rescue, formats=formats)
+        raise AcdError(
+            f"could not write into {out} ({err.strerror or err}); the circuit was saved to "
+            f"{rescue}/ instead"
+        ) from None
+
+
+def _print_warnings(caught: list) -> None:
+    """acd's warnings as one ``warning:`` line each; any other warning as Python shows it."""
+    for w in caught:
+        if issubclass(w.category, AcdWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def default_out_dir(model: str, task: str, method: str) -> Path:
+    """out/<model>/<task>/<method>/ under the working directory (names made path-safe): the
+    gallery's layout, outside the gallery, so a run in a checkout never overwrites it."""
+    return Path("out", *(_path_safe(p) for p in (model, task, method)))
 
 
 def _path_safe(name: str) -> str:
@@ -199,19 +322,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from acd.distributed import init_from_env, is_main
     from acd.evaluate import evaluate_circuit
     from acd.graph import ComputeGraph
-    from acd.tasks import load_task
+    from acd.heldout import held_out, resolve_prompts
+    from acd.preflight import LENGTH_SAMPLE
 
     init_from_env()
     _quiet_transformers()
     circuit = _load_any_circuit(args.circuit)
-    task_name = args.task or circuit.task
+    task, same = _evaluation_task(circuit, args)
+    if not circuit.task and circuit.task_source is None:
+        same = True  # the file records no task (EAP-IG's): held_out says overlap is unchecked
     model_name = args.model or circuit.model
-    if not task_name or not model_name:
-        raise AcdError(
-            f"{args.circuit} names no {'task' if not task_name else 'model'}; "
-            "give --task and --model"
-        )
-    task = load_task(task_name)
+    if not model_name:
+        raise AcdError(f"{args.circuit} names no model; give --model")
+    config = _check_model(model_name, args.device)
+    recorded = circuit.params.get("prompts")
+    source = held_out(
+        task,
+        circuit.prompt_split,
+        same=same,
+        seed=circuit.seed,
+        discovery_prompts=recorded if isinstance(recorded, int) else None,
+    )
+    what = "rows" if source.in_sample or not same else "held-out rows for evaluation"
+    n = resolve_prompts(args.prompts, source.size, task.name, what)
+    sample = source.task.prompt_pairs(min(n, LENGTH_SAMPLE), args.seed)
+    check_memory(n, prompt_tokens(sample), config, args.batch_size, args.device)
+    pairs = source.draw(n, args.seed)
     model = _load_model_verbose(model_name, args.device, args.dtype, quiet=not is_main())
     graph = ComputeGraph.from_model(model)
     if (graph.n_src, graph.n_dst) != (circuit.graph.n_src, circuit.graph.n_dst) or not bool(
@@ -222,7 +358,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"graph of {model_name!r} ({graph.n_src} x {graph.n_dst}); evaluate it on its model"
         )
     _warn_if_other_weights(circuit, model)
-    batch = task.make_batch(model.tokenizer, args.prompts, args.seed).to(model.device)
+    batch = source.task.encode(pairs, model.tokenizer).to(model.device)
     # The metric the circuit was evaluated with, not an ACDC search's (docs/formats.md).
     metric = args.metric or circuit.evaluation_metric or task.metric
     if metric == "task":
@@ -246,6 +382,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"model {model.name}, {s['n_prompts']} prompts (seed {args.seed}), metric {s['metric']}, "
         f"{s['ablation']} ablation"
     )
+    print(f"prompts: {source.note}")
     rows = [("figure", "value")]
     rows += [
         ("faithfulness (ratio of means)", f"{s['faithfulness']:.4f}"),
@@ -263,11 +400,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_task(circuit, args: argparse.Namespace):
+    """The task to evaluate on, and whether it is the one the circuit was found on.
+
+    ``--task`` decides when given. Otherwise the circuit's recorded source: a shipped task by
+    name, a task file from its path, refused when the file is missing or its sha256 changed
+    (evaluating a changed file as if it were the same would be a silent wrong result). A file
+    of an older acd records only the task's name."""
+    from acd.errors import TaskError
+    from acd.heldout import file_sha256, same_task
+    from acd.tasks import load_task
+
+    if args.task:
+        task = load_task(args.task)
+        return task, same_task(circuit.task_source, circuit.task, task)
+    recorded = circuit.task_source
+    if recorded is None:
+        if not circuit.task:
+            raise AcdError(f"{args.circuit} names no task; give --task")
+        try:
+            return load_task(circuit.task), True
+        except TaskError:
+            raise AcdError(
+                f"{args.circuit} records only its task's name, {circuit.task!r}, which is not a "
+                "shipped task; give the task file with --task FILE"
+            ) from None
+    if recorded.kind == "builtin":
+        return load_task(recorded.name), True
+    path = Path(recorded.path)
+    if not path.is_file():
+        raise AcdError(
+            f"{args.circuit} was found on the task file {path}, which is missing; give the "
+            "task with --task FILE"
+        )
+    now = file_sha256(path)
+    if recorded.sha256 is not None and now != recorded.sha256:
+        raise AcdError(
+            f"the task file {path} changed since {args.circuit} was found on it (sha256 "
+            f"{now[:12]}..., recorded {recorded.sha256[:12]}...); pass --task {path} to "
+            "evaluate on it as it is now"
+        )
+    return load_task(path), True
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from acd.diagram import write_diagram
 
     circuit = _load_any_circuit(args.circuit)
     stem = Path(args.out) if args.out else Path(args.circuit).with_suffix("")
+    check_out_stem(stem)
     result = write_diagram(circuit, stem, _formats(args.format), max_edges=args.max_edges)
     print("wrote " + ", ".join(str(p) for p in result.paths))
     if result.message:
@@ -320,6 +501,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from acd.curves import CURVE_PERCENTS, cmd, cpr, plot_faithfulness
     from acd.distributed import init_from_env, is_main
     from acd.graph import ComputeGraph
+    from acd.heldout import available_prompts, resolve_prompts
+    from acd.preflight import LENGTH_SAMPLE
     from acd.tasks import load_task
 
     init_from_env()
@@ -332,10 +515,17 @@ def cmd_curve(args: argparse.Namespace) -> int:
             f"choose from {', '.join(METHODS)} (ACDC selects one circuit, it has no curve)"
         )
     task = load_task(args.task)
+    stem = Path(args.out) if args.out else Path(f"{_path_safe(task.name)}_curve")
+    check_out_stem(stem)
+    config = _check_model(args.model, args.device)
+    # A curve scores and evaluates the same prompts (as MIB does): all of a pair file's rows.
+    n = resolve_prompts(args.prompts, available_prompts(task), task.name, "rows")
+    sample = task.prompt_pairs(min(n, LENGTH_SAMPLE), args.seed)
+    check_memory(n, prompt_tokens(sample), config, args.batch_size, args.device)
     main_rank = is_main()
     model = _load_model_verbose(args.model, args.device, args.dtype, quiet=not main_rank)
     graph = ComputeGraph.from_model(model)
-    batch = task.make_batch(model.tokenizer, args.prompts, args.seed).to(model.device)
+    batch = task.make_batch(model.tokenizer, n, args.seed).to(model.device)
     metric = args.metric or task.metric
     curves, rows = {}, [("method", "CPR (higher better)", "CMD (lower better)", "seconds")]
     for method in methods:
@@ -380,7 +570,6 @@ def cmd_curve(args: argparse.Namespace) -> int:
         )
     if not main_rank:
         return 0
-    stem = Path(args.out) if args.out else Path(f"{_path_safe(task.name)}_curve")
     title = f"{task.name} on {model.name}: faithfulness by edges kept (|score| order)"
     paths = plot_faithfulness(curves, stem, title=title)
     print(_table(rows))
@@ -412,22 +601,12 @@ def _load_model_verbose(name: str, device, dtype, *, quiet: bool = False):
 
 
 def _load_any_circuit(path: str):
-    """A circuit.json of acd, or an EAP-IG / MIB graph JSON (recognised by its "cfg" key)."""
-    import json
+    """A circuit.json of acd, or an EAP-IG / MIB graph JSON, checked against its schema."""
+    from acd.export import load_any_circuit
 
-    from acd.export import circuit_from_dict, eapig_from_dict
-
-    file = Path(path)
-    if not file.is_file():
+    if not Path(path).is_file():
         raise AcdError(f"no circuit file at {path}")
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AcdError(f"{path} is not a JSON circuit file ({err})") from None
-    # The file is read once; the parsed document goes to the matching reader.
-    if isinstance(document, dict) and "cfg" in document and "edges" in document:
-        return eapig_from_dict(document, source=path)
-    return circuit_from_dict(document, source=path)
+    return load_any_circuit(path)
 
 
 def _warn_if_other_weights(circuit, model) -> None:
@@ -472,8 +651,16 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its mistakes in acd's form: one ``acd: error:`` line, exit code 2 (instead
+    of a usage block and a second line in argparse's own form)."""
+
+    def error(self, message: str):
+        self.exit(2, f"acd: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="acd",
         description="Automated circuit discovery for transformer language models.",
         epilog="Run 'acd COMMAND --help' for a command's options and an example.",
@@ -524,8 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--selection",
         choices=["topn", "greedy"],
-        default="topn",
-        help="with --edges: the best N by |score| (topn), or grown from the logits (greedy)",
+        default=None,
+        help="with --edges: the best N by |score| (topn, the default), or grown from the "
+        "logits (greedy)",
     )
     p.add_argument(
         "--tau",
@@ -536,13 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows-per-forward",
         type=_positive_int,
-        default=64,
+        default=None,
         help="acdc/hybrid: (circuit, prompt) rows per forward (64; raise it on a GPU)",
     )
     p.add_argument(
         "--scoring",
         choices=["eap", "eap-ig"],
-        default="eap-ig",
+        default=None,
         help="hybrid: how candidates are scored (eap-ig)",
     )
     p.add_argument(
@@ -551,13 +739,24 @@ def build_parser() -> argparse.ArgumentParser:
         "identical result (same model, dtype and arguments only); removed when the run ends",
     )
     _prompt_options(p)
-    p.add_argument("--ig-steps", type=_positive_int, default=5, help="eap-ig steps (5)")
+    p.add_argument(
+        "--ig-steps",
+        type=_positive_int,
+        default=None,
+        help="eap-ig (and hybrid's eap-ig scoring): integration steps (5)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="score even when the model's metric does not separate clean from corrupted "
+        "prompts (the sanity gate, docs/tasks.md); a warning instead of an error",
+    )
     p.add_argument(
         "--no-prune",
         action="store_true",
         help="keep selected edges that lie on no input -> logits path",
     )
-    p.add_argument("--out", help="output folder (default: graphs/<model>/<task>/<method>/)")
+    p.add_argument("--out", help="output folder (default: out/<model>/<task>/<method>/)")
     p.add_argument(
         "--format",
         action="append",
@@ -602,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated scoring methods (eap,eap-ig,exact)",
     )
     _model_options(p)
-    _prompt_options(p)
+    _prompt_options(p, rows="rows")
     p.add_argument("--out", help="path stem of the chart (default: <task>_curve)")
     return parser
 
@@ -638,14 +837,22 @@ def _threads_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _prompt_options(p: argparse.ArgumentParser, *, evaluate: bool = False) -> None:
-    p.add_argument("--prompts", type=_positive_int, default=100, help="prompt pairs (100)")
+def _prompt_options(
+    p: argparse.ArgumentParser, *, evaluate: bool = False, rows: str = "discovery rows"
+) -> None:
+    p.add_argument(
+        "--prompts",
+        type=_positive_int,
+        default=None,
+        help="prompt pairs (100, or all of a smaller pair file's "
+        + ("held-out rows)" if evaluate else f"{rows})"),
+    )
     p.add_argument(
         "--seed",
         type=int,
         default=1 if evaluate else 0,
         help=f"prompt seed ({1 if evaluate else 0}"
-        + ("; differs from discover's 0, so prompts are fresh)" if evaluate else ")"),
+        + ("; whatever the seed, no prompt discover used is drawn)" if evaluate else ")"),
     )
     p.add_argument(
         "--metric",

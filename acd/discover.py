@@ -12,6 +12,8 @@ first narrows the search to the top edges of an attribution.
 from __future__ import annotations
 
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ import torch
 from acd.acdc import ROWS_PER_FORWARD, acdc
 from acd.attribution import METHODS, attribute
 from acd.circuit import Circuit
-from acd.errors import AcdError
-from acd.evaluate import evaluate_circuit
+from acd.errors import AcdError, AcdWarning
+from acd.evaluate import evaluate_circuit, separation
 from acd.graph import ComputeGraph
+from acd.heldout import available_prompts, discovery_split, resolve_prompts, task_source
 from acd.models import ModelAdapter, load_model, weights_sha256
+from acd.patching import ABLATIONS
 from acd.search import (
     SELECTIONS,
     prune_dangling,
@@ -46,7 +50,7 @@ def discover(
     selection: str = "topn",
     threshold: float | None = None,
     prune: bool = True,
-    prompts: int = 100,
+    prompts: int | None = None,
     seed: int = 0,
     metric: str | None = None,
     ablation: str = "corrupted",
@@ -61,6 +65,7 @@ def discover(
     scoring: str = "eap-ig",
     checkpoint: str | Path | None = None,
     rows_per_forward: int = ROWS_PER_FORWARD,
+    force: bool = False,
 ) -> Circuit:
     """Find the circuit of ``task`` in ``model``: score every edge, select, prune, evaluate.
 
@@ -83,6 +88,10 @@ def discover(
             are all patched emits its corrupted value anyway. Under zero or mean ablation such
             a source emits what its ablated inputs make of it, so pruning can move the metric.
         prompts: how many prompt pairs to score and evaluate on; ``seed`` chooses them.
+            Default 100, or every discovery row of a smaller pair file. A pair file's rows
+            are split first (``acd.heldout``): one in four is held out for ``acd evaluate``
+            and discovery draws from the others; a file of fewer than 20 rows is used whole
+            and the circuit says it is in-sample (``prompt_split``).
         metric: what the scores and the evaluation measure; default the task's own metric.
             For ``acdc``/``hybrid`` the search's metric, default ``kl`` (KL(full model ||
             circuit)); the evaluation then uses ``metric`` if given, else the task's metric.
@@ -105,27 +114,41 @@ def discover(
             after each destination and resumes from, if it was written for the same weights,
             dtype, device kind, prompts and search parameters (else AcdError); the finished
             search deletes it (acd.acdc).
+        force: score even when the sanity gate fails. Before scoring, discover measures the
+            evaluation metric on the clean prompts and on the corrupted ones (the empty
+            circuit) and raises AcdError when their mean difference is both within 2 standard
+            errors of 0 and under 0.2 standard deviations of the per-prompt differences
+            (``acd.evaluate.Separation``): the model does not do the task, and faithfulness
+            would divide by noise. With ``force`` it warns (AcdWarning) instead.
 
     Returns: a Circuit whose ``edges``, ``edge_scores`` (every valid edge) and
     ``metrics["faithfulness"]`` are filled. For ``acdc``/``hybrid`` the scores are ACDC's
     deltas: M(circuit without the edge) - M(circuit) when the edge was tested (for ``kl`` the
     KL increase; removed edges have deltas below ``tau``), 0 for edges never tested.
     """
+    check_arguments(
+        method,
+        selection=selection,
+        threshold=threshold,
+        tau=tau,
+        candidates=candidates,
+        scoring=scoring,
+        metric=metric,
+        ablation=ablation,
+    )
     searching = method in SEARCH_METHODS
-    if method not in METHODS and not searching:
-        known = ", ".join([*METHODS, *SEARCH_METHODS])
-        raise AcdError(f"unknown method {method!r}; choose one of {known}")
-    if searching:
-        _check_search_arguments(method, tau, candidates, scoring, metric)
-    elif selection not in SELECTIONS:
-        raise AcdError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
-    elif selection == "threshold" and threshold is None:
-        raise AcdError("selection 'threshold' needs threshold=")
     start = time.perf_counter()
-    if not isinstance(model, ModelAdapter):
-        model = load_model(model, device=device, dtype=dtype)
+    # The task first: reading it is cheap, and a mistake in it should not wait for the model.
     if not isinstance(task, Task):
         task = load_task(task)
+    drawn_from, split = discovery_split(task, seed)
+    held = "" if split.generated or split.in_sample else f" ({split.evaluation} more held out)"
+    size = available_prompts(drawn_from)
+    prompts = resolve_prompts(prompts, size, task.name, f"discovery rows{held}")
+    if split.generated:
+        split = replace(split, discovery=prompts)
+    if not isinstance(model, ModelAdapter):
+        model = load_model(model, device=device, dtype=dtype)
     graph = ComputeGraph.from_model(model)
     if not searching and selection != "threshold":
         edges = default_edges(graph) if edges is None else edges
@@ -134,7 +157,13 @@ def discover(
                 f"cannot keep {edges} edges: the graph has {graph.n_edges} "
                 f"(choose 0..{graph.n_edges})"
             )
-    batch = task.make_batch(model.tokenizer, prompts, seed).to(model.device)
+    if method == "hybrid" and not 1 <= candidates <= graph.n_edges:
+        raise AcdError(
+            f"candidates must be between 1 and the graph's {graph.n_edges} edges, got {candidates}"
+        )
+    batch = drawn_from.make_batch(model.tokenizer, prompts, seed).to(model.device)
+    evaluation_metric = metric or task.metric  # what the circuit is evaluated with
+    _sanity_gate(model, graph, batch, task.name, evaluation_metric, ablation, batch_size, force)
     params: dict[str, Any]
 
     if searching:
@@ -208,7 +237,30 @@ def discover(
         seed=seed,
         metrics=metrics,
         model_sha256=weights_sha256(model),
+        task_source=task_source(task),
+        prompt_split=split,
     )
+
+
+def _sanity_gate(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    task_name: str,
+    metric: str,
+    ablation: str,
+    batch_size: int | None,
+    force: bool,
+) -> None:
+    """Refuse (AcdError) or, with ``force``, warn when the model's metric on the clean prompts
+    is not separated from the corrupted ones (``acd.evaluate.Separation``)."""
+    gap = separation(model, graph, batch, metric=metric, ablation=ablation, batch_size=batch_size)
+    if gap.separated:
+        return
+    if not force:
+        raise AcdError(gap.message(task_name))
+    message = gap.message(task_name).replace(", or pass --force", "; scoring anyway (force)")
+    warnings.warn(message, AcdWarning, stacklevel=3)  # reported at discover's caller
 
 
 def default_edges(graph: ComputeGraph) -> int:
@@ -216,6 +268,32 @@ def default_edges(graph: ComputeGraph) -> int:
     200 — small enough to read as a diagram, large enough for the embedded model's tasks
     (docs/results.md: faithfulness >= 0.9 at 5 %)."""
     return min(200, max(1, graph.n_edges // 20))
+
+
+def check_arguments(
+    method: str,
+    *,
+    selection: str = "topn",
+    threshold: float | None = None,
+    tau: float | None = None,
+    candidates: int | None = None,
+    scoring: str = "eap-ig",
+    metric: str | None = None,
+    ablation: str = "corrupted",
+) -> None:
+    """Refuse (AcdError, one line) ``discover`` arguments that cannot work, before anything is
+    loaded; the command line calls it before it loads the model."""
+    if method not in METHODS and method not in SEARCH_METHODS:
+        known = ", ".join([*METHODS, *SEARCH_METHODS])
+        raise AcdError(f"unknown method {method!r}; choose one of {known}")
+    if method in SEARCH_METHODS:
+        _check_search_arguments(method, tau, candidates, scoring, metric)
+    elif selection not in SELECTIONS:
+        raise AcdError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
+    elif selection == "threshold" and threshold is None:
+        raise AcdError("selection 'threshold' needs threshold=")
+    if ablation not in ABLATIONS:
+        raise AcdError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
 
 
 def _check_search_arguments(
@@ -262,12 +340,7 @@ def _search(
     metric = metric or "kl"
     params: dict[str, Any] = {"tau": float(tau), "metric": metric}
     start_from = None
-    if method == "hybrid":
-        if not 1 <= candidates <= graph.n_edges:
-            raise AcdError(
-                f"candidates must be between 1 and the graph's {graph.n_edges} edges, "
-                f"got {candidates}"
-            )
+    if method == "hybrid":  # candidates were checked against the graph by discover
         scores = attribute(
             model,
             graph,

@@ -11,3 +11,8 @@ class AcdError(Exception):
 
 class TaskError(AcdError):
     """A task file, prompt or answer that cannot be used with the model at hand."""
+
+
+class AcdWarning(UserWarning):
+    """Something the user should know that does not stop the run; the command line prints it as
+    one ``warning:`` line."""

@@ -205,6 +205,100 @@ def faithfulness_of_means(circuit: torch.Tensor, full: torch.Tensor, empty: torc
 
 
 # --------------------------------------------------------------------------------------------
+# The sanity gate: do clean and corrupted prompts differ at all?
+
+# Discovery refuses a task whose mean per-prompt difference d = M(clean) - M(corrupted) is
+# neither significant (more than SEPARATION_STANDARD_ERRORS standard errors from 0) nor at least
+# a small effect (SEPARATION_EFFECT_SIZE per-prompt standard deviations); docs/tasks.md.
+SEPARATION_STANDARD_ERRORS = 2.0
+SEPARATION_EFFECT_SIZE = 0.2
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How far apart the model's metric is on clean and on corrupted prompts.
+
+    ``clean`` is mean M(clean), ``corrupted`` mean M(empty circuit) (with corrupted ablation:
+    the corrupted prompts' run; with zero / mean ablation: every edge ablated), both over the
+    ``n_prompts`` prompts. ``difference`` is the mean of the per-prompt differences
+    d_i = M_i(clean) - M_i(corrupted), ``spread`` their sample standard deviation and
+    ``standard_error`` = spread / sqrt(n) (both 0 for one prompt).
+
+    They are *separated* when the difference is not 0 and either exceeds
+    SEPARATION_STANDARD_ERRORS standard errors (the prompts' own spread cannot explain it:
+    roughly a two-sided test at 5 %) or is at least SEPARATION_EFFECT_SIZE standard deviations
+    (Cohen's "small" standardized effect: a difference that matters even where a few prompts
+    cannot make it significant). Faithfulness divides by that difference; without separation it
+    divides by noise and means nothing.
+    """
+
+    metric: str
+    ablation: str
+    n_prompts: int
+    clean: float
+    corrupted: float
+    difference: float
+    spread: float
+    standard_error: float
+
+    @property
+    def separated(self) -> bool:
+        # NaN compares False throughout: a metric that is NaN does not separate anything.
+        size = abs(self.difference)
+        return self.difference != 0 and (
+            size > SEPARATION_STANDARD_ERRORS * self.standard_error
+            or size >= SEPARATION_EFFECT_SIZE * self.spread
+        )
+
+    def message(self, task: str) -> str:
+        """The one line that stops discovery when not ``separated``."""
+        other = "corrupted" if self.ablation == "corrupted" else f"{self.ablation}-ablated"
+        return (
+            f"task {task!r}: the model does not tell clean from corrupted prompts apart: mean "
+            f"{self.metric} clean {self.clean:.4g}, {other} {self.corrupted:.4g}; their "
+            f"difference {self.difference:+.3g} is within {SEPARATION_STANDARD_ERRORS:g} "
+            f"standard errors ({self.standard_error:.3g}) of 0 and under "
+            f"{SEPARATION_EFFECT_SIZE:g} per-prompt standard deviations ({self.spread:.3g}) "
+            f"over {self.n_prompts} prompts, so faithfulness would divide by noise; check the "
+            "task and model, or pass --force"
+        )
+
+
+def separation(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    *,
+    metric: str = "task",
+    ablation: str = "corrupted",
+    batch_size: int | None = None,
+) -> Separation:
+    """M(clean) against M(corrupted) on ``batch``, for the sanity gate (``Separation``).
+
+    Costs the reference runs of one evaluation: a corrupted forward (the patch values), a clean
+    forward and the everything-patched run. A collective under torch.distributed, like
+    ``evaluate_circuit``.
+    """
+    empty = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
+    figures = evaluate_circuit(
+        model, graph, batch, empty, metric=metric, ablation=ablation, batch_size=batch_size
+    )
+    differences = figures.full - figures.empty
+    n = len(differences)
+    spread = float(differences.std(unbiased=True)) if n > 1 else 0.0
+    return Separation(
+        metric=figures.metric,
+        ablation=ablation,
+        n_prompts=n,
+        clean=float(figures.full.mean()),
+        corrupted=float(figures.empty.mean()),
+        difference=float(differences.mean()),
+        spread=spread,
+        standard_error=spread / math.sqrt(n),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Helpers
 
 

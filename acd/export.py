@@ -27,14 +27,11 @@ import torch
 from acd.atomic import atomic_paths, atomic_write
 from acd.circuit import Circuit
 from acd.errors import AcdError
-from acd.graph import ComputeGraph, GraphShape
-
-FORMAT = "acd-circuit"
-FORMAT_VERSION = 1
-
-# Non-finite floats have no JSON literal; circuit.json writes them as these strings.
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
+from acd.formats.circuit import FORMAT, FORMAT_VERSION, parse_circuit
+from acd.formats.common import parse_json, read_text
+from acd.formats.eapig import parse_eapig
+from acd.graph import ComputeGraph
+from acd.heldout import PromptSplit, TaskSource, split_line
 
 # --------------------------------------------------------------------------------------------
 # circuit.json
@@ -48,6 +45,7 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
     destination by destination), the order of ``circuit.edge_scores``.
     """
     graph = circuit.graph
+    _check_finite_scores(circuit)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -64,6 +62,9 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
         # float(x) of a float32 is exact, and its repr reads back to the same float32 bits.
         "scores": _encode(circuit.scores[graph.valid].tolist()),
         "node_scores": _encode({k: float(v) for k, v in circuit.node_scores.items()}),
+        # Optional (absent when unknown): where the task came from, how prompts were split.
+        **({"task_source": circuit.task_source.to_dict()} if circuit.task_source else {}),
+        **({"prompt_split": circuit.prompt_split.to_dict()} if circuit.prompt_split else {}),
     }
 
 
@@ -89,41 +90,62 @@ def save_circuit_json(circuit: Circuit, path: str | Path) -> Path:
 def load_circuit(path: str | Path) -> Circuit:
     """Read a circuit.json written by ``save_circuit_json`` (or ``Circuit.save``).
 
-    Raises AcdError (one line) for a missing file, text that is not JSON, another format, a
-    newer format version, an edge the graph does not have, or the wrong number of scores.
+    The file is checked against its schema (``acd.formats.circuit``, docs/formats.md) once:
+    any problem (a missing or unreadable file, text that is not JSON, another format or
+    version, a field of the wrong type, a non-finite score, a name the graph does not have,
+    the wrong number of scores) is one AcdError line naming the file and the field.
     """
     return circuit_from_dict(_read_json(path), source=str(path))
 
 
+def load_any_circuit(path: str | Path) -> Circuit:
+    """A circuit.json of acd, or an EAP-IG / MIB graph JSON (recognised by its "cfg" key),
+    read once and checked against its schema; every problem is one AcdError line."""
+    document = _read_json(path)
+    if isinstance(document, dict) and "cfg" in document and "edges" in document:
+        return eapig_from_dict(document, source=str(path))
+    return circuit_from_dict(document, source=str(path))
+
+
 def circuit_from_dict(document: Any, *, source: str = "circuit.json") -> Circuit:
-    """The Circuit a circuit.json document describes; ``source`` names it in errors."""
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        found = document.get("format") if isinstance(document, dict) else None
-        raise AcdError(f"{source}: not an acd circuit file (format {found!r}, expected {FORMAT!r})")
-    version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise AcdError(
-            f"{source}: circuit format version {version!r} is not supported (this acd reads "
-            f"up to {FORMAT_VERSION}); upgrade acd"
-        )
-    _require(document, ("task", "model", "method", "graph", "edges", "scores"), source)
-    graph = _graph_from_shape(document["graph"], source)
-    model = document["model"] if isinstance(document["model"], dict) else {}
+    """The Circuit a circuit.json document describes (checked by
+    ``acd.formats.circuit.parse_circuit``); ``source`` names it in errors."""
+    parsed = parse_circuit(document, source)
+    doc = parsed.document
     return Circuit(
-        graph=graph,
-        mask=_mask_from_names(graph, document["edges"], source),
-        scores=_scores_from_list(graph, document["scores"], source),
-        task=str(document["task"]),
-        model=str(model.get("name", "")),
-        method=str(document["method"]),
-        params=_decode(document.get("params", {})),
-        seed=int(document.get("seed", 0)),
-        metrics=_decode(document.get("metrics", {})),
-        node_scores={k: float(v) for k, v in _decode(document.get("node_scores", {})).items()},
-        model_sha256=str(model.get("sha256", "")),
-        versions={str(k): str(v) for k, v in document.get("versions", {}).items()},
-        created=str(document.get("created", "")),
+        graph=parsed.graph,
+        mask=parsed.mask,
+        scores=parsed.scores,
+        task=doc.task,
+        model=doc.model.name,
+        method=doc.method,
+        params=parsed.params,
+        seed=doc.seed,
+        metrics=parsed.metrics,
+        node_scores=dict(doc.node_scores),
+        model_sha256=doc.model.sha256,
+        versions=dict(doc.versions),
+        created=doc.created,
+        task_source=TaskSource(**doc.task_source.model_dump()) if doc.task_source else None,
+        prompt_split=PromptSplit(**doc.prompt_split.model_dump()) if doc.prompt_split else None,
     )
+
+
+def _check_finite_scores(circuit: Circuit) -> None:
+    """circuit.json holds finite scores only (its reader refuses NaN and infinities, which
+    would draw as grey, zero-width edges): refuse to write a circuit that has others."""
+    graph = circuit.graph
+    bad = graph.valid & ~circuit.scores.isfinite()
+    if bool(bad.any()):
+        i, j = (int(x) for x in bad.nonzero()[0])
+        raise AcdError(
+            f"cannot write the circuit: {int(bad.sum())} edge scores are not finite (e.g. "
+            f"{graph.sources[i].name} -> {graph.destinations[j].name}: "
+            f"{float(circuit.scores[i, j])}); the scoring produced NaN or infinity"
+        )
+    for name, value in circuit.node_scores.items():
+        if not math.isfinite(float(value)):
+            raise AcdError(f"cannot write the circuit: node {name}'s score is {float(value)}")
 
 
 def _shape_dict(graph: ComputeGraph) -> dict[str, Any]:
@@ -138,56 +160,6 @@ def _shape_dict(graph: ComputeGraph) -> dict[str, Any]:
         "n_dst": graph.n_dst,
         "n_edges": graph.n_edges,
     }
-
-
-def _graph_from_shape(shape: Any, source: str) -> ComputeGraph:
-    """Rebuild the ComputeGraph and check the recorded sizes against it (a file edited by hand
-    or written by a future index layout would otherwise load scores into the wrong edges)."""
-    keys = ("n_layers", "n_heads", "n_kv_heads", "has_mlp", "parallel_attn_mlp")
-    if not isinstance(shape, dict):
-        raise AcdError(f"{source}: 'graph' must be an object with {', '.join(keys)}")
-    _require(shape, keys, source, where="graph")
-    try:
-        graph = ComputeGraph(GraphShape(**{k: shape[k] for k in keys}))
-    except (TypeError, ValueError) as err:
-        raise AcdError(f"{source}: invalid graph shape: {err}") from None
-    for key in ("n_src", "n_dst", "n_edges"):
-        if key in shape and shape[key] != getattr(graph, key):
-            raise AcdError(
-                f"{source}: graph.{key} is {shape[key]} but a graph of that shape has "
-                f"{getattr(graph, key)}; the file is inconsistent"
-            )
-    return graph
-
-
-def _mask_from_names(graph: ComputeGraph, edges: Any, source: str) -> torch.Tensor:
-    """[n_src, n_dst] bool mask from ``[[src, dst], ...]`` names."""
-    mask = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
-    for edge in edges:
-        if not (isinstance(edge, list | tuple) and len(edge) == 2):
-            raise AcdError(f"{source}: an edge must be a [source, destination] pair, got {edge!r}")
-        try:
-            mask[graph.edge_index(str(edge[0]), str(edge[1]))] = True
-        except KeyError as err:
-            raise AcdError(f"{source}: edge {edge[0]} -> {edge[1]}: {err.args[0]}") from None
-    return mask
-
-
-def _scores_from_list(graph: ComputeGraph, values: Any, source: str) -> torch.Tensor:
-    """[n_src, n_dst] float32 scores from the flat row-major list of valid-edge scores."""
-    if not isinstance(values, list) or len(values) != graph.n_edges:
-        count = len(values) if isinstance(values, list) else "no list of"
-        raise AcdError(
-            f"{source}: {count} scores for a graph of {graph.n_edges} edges; the scores list "
-            "must hold one score per valid edge"
-        )
-    try:
-        flat = torch.tensor([float(_decode(v)) for v in values], dtype=torch.float32)
-    except (TypeError, ValueError):
-        raise AcdError(f"{source}: the scores list holds a value that is not a number") from None
-    scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32)
-    scores[graph.valid] = flat
-    return scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,65 +350,16 @@ def eapig_from_dict(
 ) -> Circuit:
     """The Circuit an EAP-IG graph document describes (``read_eapig_json``); ``source`` names
     it in errors."""
-    if not isinstance(document, dict):
-        raise AcdError(f"{source}: not an EAP-IG graph (expected an object with cfg, nodes, edges)")
-    _require(document, ("cfg", "nodes", "edges"), source)
-    graph = _eapig_graph(document["cfg"], source)
-    mask = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
-    scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32)
-    for name, info in document["edges"].items():
-        src, _, dst = name.partition("->")
-        try:
-            i, j = graph.edge_index(src, dst)
-        except KeyError:
-            raise AcdError(
-                f"{source}: edge {name!r} is not in a {graph.n_layers}-layer, "
-                f"{graph.n_heads}-head graph"
-            ) from None
-        info = info if isinstance(info, dict) else {}
-        score = info.get("score")
-        scores[i, j] = 0.0 if score is None else float(score)
-        mask[i, j] = bool(info.get("in_graph", False))
+    parsed = parse_eapig(document, source)  # the schema: acd.formats.eapig
     return Circuit(
-        graph=graph,
-        mask=mask,
-        scores=scores,
+        graph=parsed.graph,
+        mask=parsed.mask,
+        scores=parsed.scores,
         task=task,
         model=model,
         method=method,
-        node_scores=_eapig_node_scores(document["nodes"], graph, source),
+        node_scores=parsed.node_scores,
     )
-
-
-def _eapig_graph(cfg: Any, source: str) -> ComputeGraph:
-    """The graph of an EAP-IG cfg; k/v inputs are per head there, so n_kv_heads = n_heads."""
-    if not isinstance(cfg, dict):
-        raise AcdError(f"{source}: 'cfg' must be an object with n_layers and n_heads")
-    _require(cfg, ("n_layers", "n_heads"), source, where="cfg")
-    try:
-        return ComputeGraph(
-            GraphShape(
-                n_layers=int(cfg["n_layers"]),
-                n_heads=int(cfg["n_heads"]),
-                n_kv_heads=int(cfg["n_heads"]),
-                has_mlp=not cfg.get("attn_only", False),
-                parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)),
-            )
-        )
-    except (TypeError, ValueError) as err:
-        raise AcdError(f"{source}: invalid cfg: {err}") from None
-
-
-def _eapig_node_scores(nodes: Any, graph: ComputeGraph, source: str) -> dict[str, float]:
-    known = set(graph.nodes)
-    scores: dict[str, float] = {}
-    for name, entry in nodes.items():
-        if name not in known:
-            raise AcdError(f"{source}: node {name!r} is not in this graph")
-        score = entry.get("score") if isinstance(entry, dict) else None
-        if score is not None and not math.isnan(float(score)):
-            scores[name] = float(score)
-    return scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +380,7 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
         f"- Task: {circuit.task}",
         f"- Model: {circuit.model}{sha}",
         f"- Method: {circuit.method}; seed {circuit.seed}",
+        *_prompts_lines(circuit),
         f"- Parameters: {params}",
         f"- Edges kept: {circuit.n_edges} of {total} ({share:.2f}%)",
         f"- Faithfulness: {_faithfulness_line(m)}",
@@ -566,6 +490,14 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _prompts_lines(circuit: Circuit) -> list[str]:
+    """Which prompts the circuit was found on, and whether evaluation can hold any out."""
+    if circuit.prompt_split is None:
+        return []
+    n = circuit.params.get("prompts", circuit.prompt_split.discovery)
+    return [f"- Prompts: {split_line(circuit.prompt_split, n)}"]
+
+
 def _faithfulness_line(m: dict[str, Any]) -> str:
     """``faithfulness`` (of the mean metrics), then the per-prompt spread where recorded."""
     if "faithfulness" not in m:
@@ -606,20 +538,12 @@ def _num(value: Any) -> str:
 
 
 def _read_json(path: str | Path) -> Any:
+    """The parsed JSON of ``path``; a missing, unreadable, non-UTF-8 or malformed file (or
+    one nested too deeply to parse) is one AcdError line."""
     path = Path(path)
     if not path.is_file():
         raise AcdError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AcdError(f"{path}: not valid JSON ({err})") from None
-
-
-def _require(document: dict, keys: tuple[str, ...], source: str, where: str = "") -> None:
-    missing = [k for k in keys if k not in document]
-    if missing:
-        inside = f" in '{where}'" if where else ""
-        raise AcdError(f"{source}: missing {', '.join(map(repr, missing))}{inside}")
+    return parse_json(read_text(path, str(path)), str(path))
 
 
 def _encode(value: Any) -> Any:
@@ -636,17 +560,6 @@ def _encode(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return _encode(value.item())
     return str(value)
-
-
-def _decode(value: Any) -> Any:
-    """Inverse of ``_encode`` for the non-finite floats."""
-    if isinstance(value, str):
-        return _NONFINITE.get(value, value)
-    if isinstance(value, dict):
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -16,11 +16,7 @@ tokenizer, validating every pair on the way (see docs/tasks.md).
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-import string
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,11 +27,17 @@ from typing import Any
 import torch
 
 from acd.errors import TaskError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from acd.formats.pair_file import PairRecord, read_pair_records
+from acd.formats.task_file import (
+    InductionFile,
+    TemplateFile,
+    check_pool,
+    check_template_lists,
+    list_entries,
+    read_task_file,
+    read_word_list,
+    within,
+)
 
 METRIC_NAMES = ("logit_diff", "prob_diff", "logprob", "kl")
 
@@ -532,177 +534,65 @@ def load_task(spec: str | Path) -> Task:
     )
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TaskError(f"task file {str(path)!r} does not exist")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise TaskError(f"task file {str(path)!r} is not valid TOML: {err}") from None
-
-
-def _require(data: dict[str, Any], key: str, path: Path) -> Any:
-    if key not in data:
-        raise TaskError(f"task file {str(path)!r} is missing the key {key!r}")
-    return data[key]
-
-
 def _load_toml(path: Path) -> Task:
-    data = _read_toml(path)
-    kind = _require(data, "kind", path)
+    """A task from a TOML file, checked once against its schema (``acd.formats.task_file``,
+    docs/formats.md): every problem is one TaskError line naming the file and the key."""
+    spec = read_task_file(path)
     common = {
-        "name": data.get("name", path.stem),
-        "kind": kind,
-        "metric": data.get("metric", "logit_diff"),
-        "description": data.get("description", ""),
+        "name": spec.name if spec.name is not None else path.stem,
+        "kind": spec.kind,
+        "metric": spec.metric,
+        "description": spec.description,
         "source": str(path),
     }
-    if common["metric"] not in METRIC_NAMES:
-        raise TaskError(
-            f"task file {str(path)!r}: unknown metric {common['metric']!r}; "
-            f"choose one of {', '.join(METRIC_NAMES)}"
-        )
-    if kind == "template":
-        return _template_task(data, path, common)
-    if kind == "induction":
-        pool = _read_word_list(path.parent / _require(data, "pool", path))
-        halves = _int_range(data.get("half_length", 10), "half_length", path, low=2)
-        prefixes = _int_range(data.get("prefix_length", 0), "prefix_length", path, low=0)
-        if 2 * halves[1] + prefixes[1] > len(pool):
-            raise TaskError(
-                f"task file {str(path)!r}: the longest prompt needs {2 * halves[1] + prefixes[1]}"
-                f" distinct words (2 x half_length + prefix_length) but the pool has {len(pool)}"
-            )
+    if isinstance(spec, TemplateFile):
+        return _template_task(spec, path, common)
+    if isinstance(spec, InductionFile):
+        with within(path, "pool"):
+            pool = read_word_list(path.parent / spec.pool)
+        check_pool(spec, pool, path)
+        halves, prefixes = spec.half_length, spec.prefix_length
         return InductionTask(**common, pool=pool, half_lengths=halves, prefix_lengths=prefixes)
-    if kind == "pairs":
-        file = path.parent / _require(data, "file", path)
-        return _load_pairs_file(file, common["name"], common["metric"], common["description"])
-    raise TaskError(
-        f"task file {str(path)!r}: unknown kind {kind!r}; choose template, induction or pairs"
-    )
-
-
-def _int_range(value: Any, key: str, path: Path, low: int) -> tuple[int, int]:
-    """An inclusive integer range from ``n`` or ``[lo, hi]`` in a task file."""
-    bounds = [value, value] if isinstance(value, int) else value
-    if (
-        not isinstance(bounds, list)
-        or len(bounds) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
-        or not low <= bounds[0] <= bounds[1]
-    ):
-        raise TaskError(
-            f"task file {str(path)!r}: {key} must be an integer >= {low} or [lo, hi] with "
-            f"{low} <= lo <= hi, got {value!r}"
+    with within(path, "file"):
+        task = _load_pairs_file(
+            path.parent / spec.file, common["name"], common["metric"], common["description"]
         )
-    return bounds[0], bounds[1]
+    # The TOML is the task's source (its name and metric): what a circuit records.
+    return replace(task, source=str(path))
 
 
-def _read_word_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise TaskError(f"word list {str(path)!r} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    words = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-    if not words:
-        raise TaskError(f"word list {str(path)!r} is empty")
-    return words
-
-
-def _read_list(spec: Any, path: Path, name: str) -> list[str]:
-    """A list given as a file name, inline ``values``, or an integer ``range`` with a format."""
-    if isinstance(spec, str):
-        return _read_word_list(path.parent / spec)
-    if isinstance(spec, dict) and "values" in spec:
-        return [str(v) for v in spec["values"]]
-    if isinstance(spec, dict) and "range" in spec:
-        lo, hi = spec["range"]
-        return [format(i, spec.get("format", "d")) for i in range(lo, hi + 1)]
-    raise TaskError(
-        f"task file {str(path)!r}: list {name!r} must be a file name, "
-        "{ values = [...] } or { range = [lo, hi], format = ... }"
-    )
-
-
-def _as_list(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _template_task(data: dict[str, Any], path: Path, common: dict[str, Any]) -> TemplateTask:
-    lists = {k: _read_list(v, path, k) for k, v in data.get("lists", {}).items()}
-    variables = dict(_require(data, "variables", path))
-    for var, list_name in variables.items():
-        if list_name not in lists:
-            raise TaskError(
-                f"task file {str(path)!r}: variable {var!r} uses list {list_name!r}, "
-                "which is not defined under [lists]"
-            )
-    templates, groups = [], []
-    for t in _require(data, "templates", path):
-        if "clean" not in t or "corrupted" not in t:
-            raise TaskError(
-                f"task file {str(path)!r}: every [[templates]] entry needs clean and corrupted"
-            )
-        templates.append((t["clean"], t["corrupted"]))
-        groups.append(str(t.get("group", "")))
-    prefix = data.get("prefix", {})
-    prefix_list = prefix.get("list") if prefix else None
-    if prefix and prefix_list not in lists:
-        raise TaskError(
-            f"task file {str(path)!r}: [prefix] list {prefix_list!r} is not defined under [lists]"
-        )
-    prefix_count = _int_range(prefix.get("count", 0), "[prefix] count", path, low=0)
-    answer_sets = dict(data.get("answers", {}))
-    if answer_sets and set(answer_sets) != {"correct", "wrong"}:
-        raise TaskError(f"task file {str(path)!r}: [answers] needs exactly correct and wrong")
-    task = TemplateTask(
+def _template_task(spec: TemplateFile, path: Path, common: dict[str, Any]) -> TemplateTask:
+    """The template task of a checked task file, its lists read (and checked) here."""
+    lists = {name: list_entries(entry, path, name) for name, entry in spec.lists.items()}
+    check_template_lists(spec, lists, path)
+    answer_sets = {}
+    if spec.answers is not None:
+        for which, entry in (("correct", spec.answers.correct), ("wrong", spec.answers.wrong)):
+            answer_sets[which] = {
+                "list": entry.list,
+                "compare": entry.compare,
+                "with": entry.with_,
+                "prefix": entry.prefix,
+            }
+    return TemplateTask(
         **common,
         lists=lists,
-        variables=variables,
-        distinct=[list(g) for g in data.get("constraints", {}).get("distinct", [])],
-        templates=templates,
-        answer=_as_list(data.get("answer", [])),
-        wrong=_as_list(data.get("wrong", [])),
+        variables=dict(spec.variables),
+        distinct=[list(group) for group in spec.constraints.distinct],
+        templates=[(t.clean, t.corrupted) for t in spec.templates],
+        answer=list(spec.answer),
+        wrong=list(spec.wrong),
         answer_sets=answer_sets,
-        groups=groups,
-        prefix_list=prefix_list,
-        prefix_count=prefix_count,
+        groups=[t.group for t in spec.templates],
+        prefix_list=spec.prefix.list if spec.prefix else None,
+        prefix_count=spec.prefix.count if spec.prefix else (0, 0),
     )
-    _check_template_names(task, path)
-    return task
-
-
-def _check_template_names(task: TemplateTask, path: Path) -> None:
-    """Every {name} in a template or answer must be a variable (caught at load, not mid-run)."""
-    texts = [t for pair in task.templates for t in pair] + task.answer + task.wrong
-    for text in texts:
-        for _, name, _, _ in string.Formatter().parse(text):
-            if name is not None and name not in task.variables:
-                raise TaskError(
-                    f"task file {str(path)!r}: {{{name}}} in {text!r} is not a variable"
-                )
-    for spec in task.answer_sets.values():
-        if spec.get("list") not in task.lists or spec.get("with") not in task.variables:
-            raise TaskError(
-                f"task file {str(path)!r}: [answers] entry {spec} names an unknown list or variable"
-            )
-        if spec.get("compare") not in (">", ">=", "<", "<="):
-            raise TaskError(f"task file {str(path)!r}: compare must be one of > >= < <=")
-
-
-# EAP-IG's CSVs name the answers either as text or as token ids; both are accepted.
-_ANSWER_COLUMNS = ("answer", "correct")
-_WRONG_COLUMNS = ("wrong", "incorrect")
-_ANSWER_ID_COLUMNS = ("correct_idx", "answer_idx")
-_WRONG_ID_COLUMNS = ("incorrect_idx", "wrong_idx")
 
 
 def _load_pairs_file(path: Path, name: str, metric: str, description: str) -> PairsTask:
-    if not path.is_file():
-        raise TaskError(f"prompt-pair file {str(path)!r} does not exist")
-    records = _read_records(path)
-    if not records:
-        raise TaskError(f"prompt-pair file {str(path)!r} has no rows")
-    rows = [_pair_from_record(rec, path, i + 1) for i, rec in enumerate(records)]
+    """Prompt pairs from a CSV or JSONL file, checked once against its schema
+    (``acd.formats.pair_file``): every problem is one TaskError line naming the row."""
+    rows = [_pair_from_record(record) for record in read_pair_records(path)]
     return PairsTask(
         name=name,
         kind="pairs",
@@ -713,52 +603,20 @@ def _load_pairs_file(path: Path, name: str, metric: str, description: str) -> Pa
     )
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    records = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise TaskError(f"{str(path)!r} line {i} is not valid JSON: {err}") from None
-    return records
-
-
-def _first(rec: dict[str, Any], columns: tuple[str, ...]) -> Any:
-    for c in columns:
-        if c in rec and rec[c] not in (None, ""):
-            return rec[c]
-    return None
-
-
-def _ids(value: Any) -> tuple[int, ...]:
-    """Token ids from an int, a list, or their text form in a CSV cell ("464" or "[464, 12]")."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = json.loads(value) if value.strip().startswith("[") else int(value)
-    return tuple(int(v) for v in (value if isinstance(value, list) else [value]))
-
-
-def _pair_from_record(rec: dict[str, Any], path: Path, row: int) -> PromptPair:
-    if not rec.get("clean") or not rec.get("corrupted"):
-        raise TaskError(f"{str(path)!r} row {row}: needs non-empty 'clean' and 'corrupted'")
-    answers, wrongs = _first(rec, _ANSWER_COLUMNS), _first(rec, _WRONG_COLUMNS)
-    try:
-        answer_ids, wrong_ids = (
-            _ids(_first(rec, _ANSWER_ID_COLUMNS)),
-            _ids(_first(rec, _WRONG_ID_COLUMNS)),
-        )
-    except (ValueError, TypeError):
-        raise TaskError(f"{str(path)!r} row {row}: token-id columns must be integers") from None
+def _pair_from_record(record: PairRecord) -> PromptPair:
+    """A prompt pair from a checked record. EAP-IG's CSVs name the answers either as text or
+    as token ids, under two names each; of two columns that mean the same, the first given
+    wins (answer before correct, wrong before incorrect, correct_idx before answer_idx,
+    incorrect_idx before wrong_idx)."""
     return PromptPair(
-        clean=rec["clean"],
-        corrupted=rec["corrupted"],
-        answers=tuple(_as_list(answers)) if answers is not None else (),
-        wrongs=tuple(_as_list(wrongs)) if wrongs is not None else (),
-        answer_ids=answer_ids,
-        wrong_ids=wrong_ids,
+        clean=record.clean,
+        corrupted=record.corrupted,
+        answers=_first(record.answer, record.correct),
+        wrongs=_first(record.wrong, record.incorrect),
+        answer_ids=_first(record.correct_idx, record.answer_idx),
+        wrong_ids=_first(record.incorrect_idx, record.wrong_idx),
     )
+
+
+def _first(*values: tuple | None) -> tuple:
+    return next((value for value in values if value is not None), ())

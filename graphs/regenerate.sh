@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the gallery: `acd discover` with its defaults (EAP-IG, 5 % of the edges, 100
-# prompts, seed 0) on the embedded model, for each shipped task, into graphs/toy/<task>/eap-ig/.
+# prompts, seed 0) on the embedded model, for each shipped task, into graphs/toy/<task>/eap-ig/
+# (named with --out: discover's default folder is out/<model>/<task>/<method>/, outside the gallery).
 #
 #   bash graphs/regenerate.sh            # uses `acd` from .venv/ if there is one, else PATH
 set -euo pipefail
@@ -8,5 +9,5 @@ cd "$(dirname "$0")/.."
 acd=acd
 if [ -x .venv/bin/acd ]; then acd=.venv/bin/acd; fi
 for task in ioi greater-than induction; do
-  "$acd" discover "$task" --quiet
+  "$acd" discover "$task" --quiet --out "graphs/toy/$task/eap-ig"
 done

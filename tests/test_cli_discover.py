@@ -45,7 +45,7 @@ def ioi_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("run")
     result = acd_cli("discover", "ioi", "--prompts", "8", "--edges", "20", "--quiet", cwd=cwd)
     assert result.returncode == 0, result.stderr
-    out = cwd / "graphs" / "toy" / "ioi" / "eap-ig"
+    out = cwd / "out" / "toy" / "ioi" / "eap-ig"  # outside graphs/, the committed gallery
     (out / "stdout.txt").write_text(result.stdout)
     return out
 
@@ -131,12 +131,14 @@ def test_evaluate_an_acdc_circuit_with_the_metric_discover_evaluated_it_with(
     tmp_path, capsys, monkeypatch
 ):
     """ACDC searches with kl but discover evaluates with the task's metric (logprob for
-    induction): acd evaluate re-evaluates with that, reproducing discover's faithfulness on
-    the same prompts, not with the search's kl. A file without ``evaluation_metric`` (older
-    acd wrote it only where it differed from the search metric) uses ``params["metric"]``."""
+    induction): acd evaluate re-evaluates with that, not with the search's kl (its
+    faithfulness is that of the circuit under logprob on the held-out prompts it draws, which
+    never include discovery's). A file without ``evaluation_metric`` (older acd wrote it only
+    where it differed from the search metric) uses ``params["metric"]``."""
     import acd
     import acd.cli
     from acd.export import save_circuit_json
+    from acd.heldout import held_out
 
     model = acd.load_model("toy", device="cpu")
     monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *args, **kwargs: model)
@@ -148,7 +150,12 @@ def test_evaluate_an_acdc_circuit_with_the_metric_discover_evaluated_it_with(
     save_circuit_json(circuit, tmp_path / "circuit.json")
     same_prompts = ("--prompts", "6", "--seed", "0")
     metric, faithfulness = _evaluated(capsys, tmp_path / "circuit.json", *same_prompts)
-    assert (metric, faithfulness) == ("logprob", f"{circuit.metrics['faithfulness']:.4f}")
+    task = acd.load_task("induction")
+    pairs = held_out(task, circuit.prompt_split, same=True).draw(6, 0)
+    expected = acd.evaluate_circuit(
+        model, circuit.graph, task.encode(pairs, model.tokenizer), circuit.mask, metric="logprob"
+    )
+    assert (metric, faithfulness) == ("logprob", f"{expected.faithfulness:.4f}")
     assert circuit.evaluation_metric == "logprob"
     # --metric still decides when given.
     assert _evaluated(capsys, tmp_path / "circuit.json", *same_prompts, "--metric", "kl")[0] == "kl"
@@ -205,10 +212,10 @@ def test_curve_writes_the_chart_and_areas(tmp_path):
         (["discover", "ioi", "--edges", "100000", "--prompts", "2"], "cannot keep 100000"),
         (["discover", "ioi", "--model", "/no/such/model"], "/no/such/model"),
         (["evaluate", "missing.json"], "no circuit file"),
-        (["evaluate", "notjson.json"], "not a JSON"),
+        (["evaluate", "notjson.json"], "not valid JSON"),
         (["compare", "small.json", "big.json"], "different graphs"),
         (["curve", "ioi", "--methods", "acdc"], "unknown"),
-        (["render", "notjson.json"], "not a JSON"),
+        (["render", "notjson.json"], "not valid JSON"),
     ],
 )
 def test_user_mistakes_give_one_line(args, message, tmp_path):

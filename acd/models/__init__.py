@@ -13,10 +13,12 @@ from acd.models.load import (
     ModelNotAvailable,
     ModelSpec,
     UnsupportedModel,
+    check_device,
     embedded_model_names,
     embedded_models_dir,
     list_models,
     load_model,
+    model_config,
     weights_sha256,
 )
 
@@ -29,9 +31,11 @@ __all__ = [
     "ModelNotAvailable",
     "ModelSpec",
     "UnsupportedModel",
+    "check_device",
     "embedded_model_names",
     "embedded_models_dir",
     "list_models",
     "load_model",
+    "model_config",
     "weights_sha256",
 ]

@@ -503,7 +503,52 @@ def _same_device(asked: torch.device, actual: torch.device) -> bool:
 def _resolve_device(device: str | torch.device | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
     return str(device)
+
+
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse, in one line (ModelError), a device this process cannot use: a name torch does
+    not know (``tpu9``), CUDA without a CUDA device, a CUDA index past the last device, MPS
+    where it is unavailable, or a kind acd does not run on. None (the default) is always fine.
+    Cheap: nothing is allocated, so commands call it before loading anything."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "no GPU"
+            raise ModelError(f"device {str(device)!r}: CUDA is not available ({why}); use cpu")
+        count = torch.cuda.device_count()
+        if kind.index is not None and kind.index >= count:
+            raise ModelError(
+                f"device {str(device)!r}: there are {count} CUDA devices (cuda:0 .. "
+                f"cuda:{count - 1})"
+            )
+    elif kind.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelError(f"device {str(device)!r}: MPS is not available here; use cpu")
+    elif kind.type != "cpu":
+        raise ModelError(f"device {str(device)!r}: acd runs on cpu, cuda or mps")
+
+
+def model_config(spec: str | os.PathLike) -> dict[str, Any] | None:
+    """The config.json of the model ``spec`` names, read without loading the model.
+
+    Resolves ``spec`` as ``load_model`` does, so a name or path that cannot be loaded fails
+    here, in one line (ModelNotAvailable, InvalidModelDir), before any work. None when the
+    model is on the hub and not yet downloaded, or its config cannot be read."""
+    resolved = _resolve(str(spec))
+    if resolved.weights_dir is None:
+        return None
+    try:
+        config = json.loads((resolved.weights_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

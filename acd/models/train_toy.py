@@ -45,6 +45,8 @@ from acd.tasks import InductionTask, PromptBatch, Task, TemplateTask, load_task
 # Training draws its prompts from task seeds >= this; held-out evaluation uses smaller ones.
 TRAIN_SEED_BASE = 1_000_000
 TASK_NAMES = ("ioi", "greater-than", "induction")
+# Generic texts that can be mixed into the training stream (see mixed_parts).
+GENERIC_TEXTS = ("text", "icl", "pairs")
 SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<unk>")
 BOS_ID, PAD_ID = SPECIAL_TOKENS.index("<|endoftext|>"), SPECIAL_TOKENS.index("<pad>")
 
@@ -158,7 +160,7 @@ def mixed_parts(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
     texts ``text`` and ``icl``), as (ids [N, T], weights [N, T]) per part, each padded to its
-    own width (``pad_together`` makes the step's batch).
+    own width (``parts_loss`` runs one forward per part).
     """
     rng = random.Random(f"toy-train:{seed}:{step}")
     parts = []
@@ -177,6 +179,8 @@ def mixed_parts(
         parts.append(skip_bigram_text(words, per_task["text"], rng, table_seed, (16, 48)))
     if per_task.get("icl", 0):
         parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48)))
+    if per_task.get("pairs", 0):
+        parts.append(in_context_pairs_text(words, per_task["pairs"], rng, (24, 48)))
     return parts
 
 
@@ -220,13 +224,19 @@ def skip_bigram_text(
     words: list[int], n: int, rng: random.Random, table_seed: int | None, length: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generic text: ``n`` sequences over ``words`` in which each word is, with probability 1/2,
-    a fixed function of the word *two* back (else a random word). BOS first, right-padded.
+    a fixed function of the word *two* back (else a random word). No word occurs twice in a
+    sequence (a repeat is redrawn from the unused words). BOS first, right-padded.
 
     This is the share of generic next-word text in the training stream. Its point: the word two
     back predicts the next one, so a head that attends to the previous token pays off on its own
     (natural text gives previous-token heads the same reason, through its n-gram statistics).
     Induction heads compose with a previous-token head (Olsson et al. 2022); without a reason
     for one to exist first, a model trained only on tasks sits on a long plateau.
+
+    Why no repeats: if a word could recur, "find the earlier copy of the *previous* word and
+    predict the word two after it" would pay off here too, and models trained with repeats grew
+    that circuit (a 3-back head keyed against the query's previous token) instead of the
+    textbook induction head, which keys the *current* token against a previous-token head.
 
     Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
     """
@@ -237,8 +247,13 @@ def skip_bigram_text(
     rows = []
     for _ in range(n):
         row = [BOS_ID] + rng.sample(words, 2)
+        used = set(row)
         for _ in range(rng.randint(*length) - 2):
-            row.append(follow[row[-2]] if rng.random() < 0.5 else rng.choice(words))
+            word = follow[row[-2]] if rng.random() < 0.5 else rng.choice(words)
+            while word in used:
+                word = rng.choice(words)
+            row.append(word)
+            used.add(word)
         rows.append(row)
     return _padded(rows)
 
@@ -267,6 +282,34 @@ def in_context_bigram_text(
     return _padded(rows)
 
 
+def in_context_pairs_text(
+    words: list[int], n: int, rng: random.Random, length: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generic text of recurring pairs behind random words: each sequence picks 6-12 key words
+    and a random value word for each, then repeats "<random word> <key> <value of key>" with
+    keys drawn at random. BOS first, right-padded.
+
+    A value is known only from the key's earlier occurrence in the same sequence, and the word
+    before a key is random, so the only way to predict it is the textbook induction circuit:
+    attend from the key to the position after its earlier copy (found through a previous-token
+    head's output there, K-composition) and copy the word at that position. Matching the
+    *previous* word instead (the circuit that skip-bigram text alone rewards) finds nothing.
+
+    Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
+    """
+    rows = []
+    for _ in range(n):
+        keys = rng.sample(words, rng.randint(6, 12))
+        value = {k: rng.choice(words) for k in keys}
+        row = [BOS_ID]
+        target = rng.randint(*length)
+        while len(row) < target:
+            key = rng.choice(keys)
+            row += [rng.choice(words), key, value[key]]
+        rows.append(row)
+    return _padded(rows)
+
+
 def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), PAD_ID)
@@ -284,28 +327,26 @@ def parse_mix(spec: str) -> dict[str, int]:
     mix = {}
     for part in spec.split(","):
         name, _, count = part.partition("=")
-        if name not in (*TASK_NAMES, "text", "icl") or not count.isdigit():
+        if name not in (*TASK_NAMES, *GENERIC_TEXTS) or not count.isdigit():
             raise ValueError(
-                f"--per-task {spec!r}: use N or name=N,... with names {TASK_NAMES}, text, icl"
+                f"--per-task {spec!r}: use N or name=N,... with names {TASK_NAMES + GENERIC_TEXTS}"
             )
         mix[name] = int(count)
     return mix
 
 
-def pad_together(
-    parts: list[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of every part, right-padded to the longest: ids [N, T], weights [N, T].
+def parts_loss(model: GPT2LMHeadModel, parts: list[tuple[torch.Tensor, torch.Tensor]]):
+    """The step's weighted next-token loss over all parts, one forward per part.
 
-    (One forward per part would skip the padding, about half of a step once the induction
-    prompts vary in length; one padded batch keeps the shipped recipe's weights bit for bit.)
+    Each part is padded to its own width only (one batch padded to the longest part would spend
+    about half of the step on padding once induction prompts vary in length). Right padding
+    never reaches a real position through causal attention, so this is the loss of one batch.
     """
-    width = max(ids.shape[1] for ids, _ in parts)
-    ids = torch.cat(
-        [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=PAD_ID) for i, _ in parts]
+    total = sum(weights[:, 1:].sum() for _, weights in parts)
+    return sum(
+        weighted_loss(model(ids).logits, ids, weights) * weights[:, 1:].sum() / total
+        for ids, weights in parts
     )
-    weights = torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for _, w in parts])
-    return ids, weights
 
 
 def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -356,8 +397,7 @@ def train(args: argparse.Namespace) -> Path:
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        ids, weights = pad_together(parts)
-        loss = weighted_loss(model(ids).logits, ids, weights)
+        loss = parts_loss(model, parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
