@@ -177,6 +177,7 @@ def test_hybrid_start_from_candidates_equals_the_sequential_algorithm(tiny_model
     assert result.visited == int(candidates.sum())
 
 
+@pytest.mark.slow
 def test_acdc_equals_the_sequential_algorithm_on_the_toy_model(toy):
     model, graph, batch = toy
     tau = 0.03
@@ -411,6 +412,7 @@ def test_discover_refuses_incomplete_search_arguments(toy, kwargs, message):
         acd.discover("ioi", toy[0], prompts=4, progress=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_discover_acdc_and_hybrid(toy):
     model, graph, _ = toy
     common = {"prompts": 8, "seed": 0, "progress": False}

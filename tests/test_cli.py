@@ -45,6 +45,7 @@ TASK_FIGURES = [
 ]
 
 
+@pytest.mark.slow
 def test_check_model_prints_every_figure_and_exits_1_on_a_missed_target():
     result = run_cli("check-model", "toy", "--prompts", "100", "--seed", "3")
     lines = result.stdout.splitlines()

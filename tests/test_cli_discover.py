@@ -242,6 +242,7 @@ def _write_circuit(path: Path, n_layers: int) -> None:
     save_circuit_json(Circuit(graph, mask, mask.float(), "ioi", "toy", "eap"), path)
 
 
+@pytest.mark.slow
 def test_help_of_every_circuit_command_has_examples(tmp_path):
     for command in ["discover", "evaluate", "render", "compare", "curve"]:
         result = acd_cli(command, "--help", cwd=tmp_path)
@@ -270,6 +271,7 @@ SLOW_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupting_a_run_while_it_writes_leaves_no_partial_file(sig, tmp_path):
     out = tmp_path / "out"
@@ -290,7 +292,8 @@ def test_interrupting_a_run_while_it_writes_leaves_no_partial_file(sig, tmp_path
         if "WRITING" in line or time.monotonic() > deadline:
             break
     proc.send_signal(sig)
-    proc.wait(timeout=60)
+    # communicate drains both pipes: a child blocked writing its stderr would never exit.
+    _, stderr = proc.communicate(timeout=60)
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert visible == ["circuit.json"] and (out / "circuit.json").read_text() == "previous run"
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
@@ -301,9 +304,10 @@ def test_interrupting_a_run_while_it_writes_leaves_no_partial_file(sig, tmp_path
         assert not [p for p in out.iterdir() if p.name.startswith(".")]  # ... goes next run
         assert json.loads((out / "circuit.json").read_text())["format"] == "acd-circuit"
     else:
-        assert proc.returncode == 130 and hidden == []
+        assert proc.returncode == 130 and hidden == [], stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [["--method", "eap-ig"], ["--method", "acdc", "--tau", "0.02"]])
 def test_torchrun_with_two_processes_finds_the_same_circuit(method, tmp_path):
     """`torchrun --nproc_per_node=2 -m acd discover` splits the prompts over two gloo

@@ -170,6 +170,7 @@ def check_ranks(ranks: list[dict], reference: dict, n_prompts: int) -> None:
             assert_close(results[key], want, f"rank {r}: {key}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("n_prompts", "size"), [(7, 2), (2, 3)])
 def test_ranks_reproduce_the_one_process_results(tiny_gpt2_dir, tmp_path, n_prompts, size):
     ranks = run_ranks(tiny_gpt2_dir, n_prompts, size, tmp_path)

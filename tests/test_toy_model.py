@@ -70,6 +70,7 @@ def _train(out: Path, seed: int) -> bytes:
     return (out / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_in_its_seed(tmp_path):
     first, again = _train(tmp_path / "a", 0), _train(tmp_path / "b", 0)
     other = _train(tmp_path / "c", 1)
@@ -81,6 +82,7 @@ def test_training_is_deterministic_in_its_seed(tmp_path):
     assert load_model(str(tmp_path / "a")).spec.n_layers == 1
 
 
+@pytest.mark.slow
 def test_a_plain_wheel_carries_tasks_and_the_embedded_model(tmp_path):
     """Not only a checkout: `pip install` (non-editable) must bring tasks/ and the toy model."""
     subprocess.run(

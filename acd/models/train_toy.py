@@ -157,6 +157,7 @@ def mixed_parts(
     answer_weight: float,
     curriculum: int = 0,
     text_rule: str = "table",
+    icl_interrupt: float = 0.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
     texts ``text`` and ``icl``), as (ids [N, T], weights [N, T]) per part, each padded to its
@@ -178,7 +179,7 @@ def mixed_parts(
         table_seed = seed if text_rule == "table" else None
         parts.append(skip_bigram_text(words, per_task["text"], rng, table_seed, (16, 48)))
     if per_task.get("icl", 0):
-        parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48)))
+        parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48), icl_interrupt))
     if per_task.get("pairs", 0):
         parts.append(in_context_pairs_text(words, per_task["pairs"], rng, (24, 48)))
     return parts
@@ -259,7 +260,11 @@ def skip_bigram_text(
 
 
 def in_context_bigram_text(
-    words: list[int], n: int, rng: random.Random, length: tuple[int, int]
+    words: list[int],
+    n: int,
+    rng: random.Random,
+    length: tuple[int, int],
+    interrupt: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generic text with in-context regularities: each sequence picks 8-16 words and a random
     successor for each, then walks it (the successor with probability 0.9, else one of the
@@ -269,16 +274,28 @@ def in_context_bigram_text(
     names and phrases recur within a document: the denser, noisier cousin of the induction
     task, whose only solution is the same previous-token -> induction head circuit.
 
+    ``interrupt``: after each word, with this probability, a random word from outside the
+    sequence's words comes between it and its successor. The successor is then still predicted
+    by the word's own earlier copy (the textbook induction head), while "the word two after the
+    *previous* word's earlier copy" is wrong there and finds nothing one step later — the rule
+    that models trained on skip-bigram text otherwise grow instead (docs/models.md).
+
     Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
     """
     rows = []
     for _ in range(n):
         chosen = rng.sample(words, rng.randint(8, 16))
         follow = {w: rng.choice(chosen) for w in chosen}
+        outside = [w for w in words if w not in follow]
         row = [BOS_ID, rng.choice(chosen)]
-        for _ in range(rng.randint(*length) - 1):
-            row.append(follow[row[-1]] if rng.random() < 0.9 else rng.choice(chosen))
-        rows.append(row)
+        last = row[-1]  # the walk's current word (an interruption does not move it)
+        target = rng.randint(*length) + 1
+        while len(row) < target:
+            if interrupt and rng.random() < interrupt:
+                row.append(rng.choice(outside))
+            last = follow[last] if rng.random() < 0.9 else rng.choice(chosen)
+            row.append(last)
+        rows.append(row[:target])
     return _padded(rows)
 
 
@@ -394,6 +411,7 @@ def train(args: argparse.Namespace) -> Path:
             args.answer_weight,
             args.curriculum,
             args.text_rule,
+            args.icl_interrupt,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
@@ -502,6 +520,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="table",
         help="generic text: the word two back maps to the next by a fixed random table, or is "
         "copied",
+    )
+    parser.add_argument(
+        "--icl-interrupt",
+        type=float,
+        default=0.0,
+        help="icl text: probability that a random outside word interrupts the walk after a word",
     )
     parser.add_argument(
         "--curriculum",
