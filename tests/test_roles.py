@@ -83,3 +83,38 @@ def test_ioi_final_attention_finds_io_and_both_subjects():
     to_io, to_s = ioi_final_attention(lambda tokens: patterns, batch)
     assert torch.allclose(to_io, torch.tensor([[0.7, 0.0]]))
     assert torch.allclose(to_s, torch.tensor([[0.0, 0.9]]))
+
+
+def _rule_model(vocab_size: int, rule: str):
+    """logits [N, T, V] of a hand-written copying rule at every position: ``current`` puts all
+    mass on the word after the latest earlier copy of the current word (textbook induction);
+    ``previous`` on the word two after the latest earlier copy of the previous word."""
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:
+        n, t = tokens.shape
+        logits = torch.zeros(n, t, vocab_size)
+        for row in range(n):
+            seq = tokens[row].tolist()
+            for pos in range(1, t):
+                key, shift = (seq[pos], 1) if rule == "current" else (seq[pos - 1], 2)
+                back = pos if rule == "current" else pos - 1
+                earlier = [m for m in range(back) if seq[m] == key and m + shift <= pos]
+                if earlier:
+                    logits[row, pos, seq[earlier[-1] + shift]] = 50.0
+        return logits
+
+    return run
+
+
+def test_copy_probes_tell_the_textbook_rule_from_the_previous_word_rule():
+    from acd.models.quality import copy_rule_figures
+    from acd.models.train_toy import TASK_NAMES, build_tokenizer, task_vocabulary
+    from acd.tasks import load_task
+
+    toy_tokenizer = build_tokenizer(task_vocabulary([load_task(n) for n in TASK_NAMES]))
+    vocab = len(toy_tokenizer)
+    textbook = copy_rule_figures(_rule_model(vocab, "current"), toy_tokenizer, 30, seed=0)
+    lookalike = copy_rule_figures(_rule_model(vocab, "previous"), toy_tokenizer, 30, seed=0)
+    assert [f.value > 0.99 for f in textbook] == [True, False]
+    assert [f.value > 0.99 for f in lookalike] == [False, True]
+    assert max(textbook[1].value, lookalike[0].value) < 0.01

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,6 +84,52 @@ def induction_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> li
             nll = -logprob(_batched(run, batch.clean), batch).mean().item()
             name = f"induction repeat NLL, half {half}, {prefix} words before (nats)"
             figures.append(_target(name, nll, "<=", 0.5))
+    return figures
+
+
+def copy_rule_probes(
+    vocab_ids: list[int], bos: int | None, n_prompts: int, seed: int, half: int = 12
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Probe sequences that tell the textbook induction rule from a look-alike.
+
+    Each probe is [BOS] p1 p2 w_1..w_L, then two words, and asks for w_{i+1} (1 < i < L-1):
+    - ``current``: "x w_i" with x new — the word's own earlier copy predicts w_{i+1} (the
+      textbook rule: attend to the word after the current word's earlier copy);
+    - ``previous``: "w_{i-1} y" with y new — only "the word two after the *previous* word's
+      earlier copy" predicts w_{i+1} (the rule models trained on skip-bigram text grew).
+    On an exact repeat both rules agree, so only these probes separate them.
+
+    Returns {probe: (tokens [N, T], targets [N])}.
+    """
+    rng = random.Random(f"copy-probe:{seed}")
+    rows: dict[str, list[list[int]]] = {"current": [], "previous": []}
+    targets: dict[str, list[int]] = {"current": [], "previous": []}
+    start = [] if bos is None else [bos]
+    for _ in range(n_prompts):
+        words = rng.sample(vocab_ids, half + 4)
+        seq, new = words[:half], words[half:]
+        i = rng.randrange(1, half - 2)
+        for probe, tail in (("current", [new[0], seq[i]]), ("previous", [seq[i - 1], new[1]])):
+            rows[probe].append(start + new[2:4] + seq + tail)
+            targets[probe].append(seq[i + 1])
+    return {k: (torch.tensor(rows[k]), torch.tensor(targets[k])) for k in rows}
+
+
+def copy_rule_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> list[Figure]:
+    """Mean probability of the copied word on the ``copy_rule_probes`` (informative: a
+    textbook induction circuit scores high on ``current`` and low on ``previous``)."""
+    probes = copy_rule_probes(
+        ordinary_token_ids(tokenizer), tokenizer.bos_token_id, n_prompts, seed
+    )
+    labels = {
+        "current": "copy probe: P(next) from the current word's earlier copy",
+        "previous": "copy probe: P(next) from the previous word's earlier copy",
+    }
+    figures = []
+    for probe, (tokens, targets) in probes.items():
+        logits = _batched(run, tokens)[:, -1].double()
+        p = torch.softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).mean().item()
+        figures.append(Figure(labels[probe], p, "", None))
     return figures
 
 
@@ -207,6 +254,7 @@ def task_figures(
     if mechanisms:
         cell_prompts = max(1, n_prompts // 5)
         figures += induction_figures(run, tokenizer, cell_prompts, seed)
+        figures += copy_rule_figures(run, tokenizer, cell_prompts, seed)
         figures += ioi_cell_figures(run, tokenizer, cell_prompts, seed)
     return figures
 

@@ -34,6 +34,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from acd.models.quality import (
+    copy_rule_figures,
     hf_gpt2_runners,
     induction_figures,
     ioi_cell_figures,
@@ -156,7 +157,6 @@ def mixed_parts(
     per_task: dict[str, int],
     answer_weight: float,
     curriculum: int = 0,
-    text_rule: str = "table",
     icl_interrupt: float = 0.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
@@ -176,8 +176,7 @@ def mixed_parts(
         parts.append(training_sequences(batch, rng, answer_weight))
     words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
     if per_task.get("text", 0):
-        table_seed = seed if text_rule == "table" else None
-        parts.append(skip_bigram_text(words, per_task["text"], rng, table_seed, (16, 48)))
+        parts.append(skip_bigram_text(words, per_task["text"], rng, seed, (16, 48)))
     if per_task.get("icl", 0):
         parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48), icl_interrupt))
     if per_task.get("pairs", 0):
@@ -222,7 +221,7 @@ def induction_curriculum(task: InductionTask, step: int, steps: int) -> Inductio
 
 
 def skip_bigram_text(
-    words: list[int], n: int, rng: random.Random, table_seed: int | None, length: tuple[int, int]
+    words: list[int], n: int, rng: random.Random, table_seed: int, length: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generic text: ``n`` sequences over ``words`` in which each word is, with probability 1/2,
     a fixed function of the word *two* back (else a random word). No word occurs twice in a
@@ -242,9 +241,8 @@ def skip_bigram_text(
     Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
     """
     table = words[:]
-    if table_seed is not None:
-        random.Random(f"skip-bigram:{table_seed}").shuffle(table)
-    follow = dict(zip(words, table))  # table_seed None: each word follows itself (a copy)
+    random.Random(f"skip-bigram:{table_seed}").shuffle(table)  # the fixed map, one per seed
+    follow = dict(zip(words, table))
     rows = []
     for _ in range(n):
         row = [BOS_ID] + rng.sample(words, 2)
@@ -410,7 +408,6 @@ def train(args: argparse.Namespace) -> Path:
             parse_mix(args.per_task),
             args.answer_weight,
             args.curriculum,
-            args.text_rule,
             args.icl_interrupt,
         )
         for group in optimizer.param_groups:
@@ -442,11 +439,13 @@ def report_quality(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -
     figures = induction_figures(run, tokenizer, 40, seed=0)
     ioi = ioi_cell_figures(run, tokenizer, 40, seed=0)
     roles = role_figures(hf_gpt2_patterns(model), tokenizer, 20, seed=0)[0]
+    current, previous = (f.value for f in copy_rule_figures(run, tokenizer, 40, seed=0))
     nll = " ".join(f"{f.value:.2f}" for f in figures)
     worst_ioi = min(f.value for f in ioi if "accuracy" in f.name)
     print(
         f"    repeat NLL {nll} | worst IOI cell acc {worst_ioi:.2f} | "
-        f"prev {roles[0].value:.2f} induction {roles[1].value:.2f}",
+        f"prev {roles[0].value:.2f} induction {roles[1].value:.2f} | "
+        f"copy probe current {current:.2f} previous {previous:.2f}",
         flush=True,
     )
     model.train(was_training)
@@ -514,13 +513,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--answer-weight", type=float, default=4.0)
-    parser.add_argument(
-        "--text-rule",
-        choices=["table", "copy"],
-        default="table",
-        help="generic text: the word two back maps to the next by a fixed random table, or is "
-        "copied",
-    )
     parser.add_argument(
         "--icl-interrupt",
         type=float,
