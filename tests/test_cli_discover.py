@@ -253,8 +253,12 @@ def test_help_of_every_circuit_command_has_examples(tmp_path):
 
 SLOW_WRITER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import acd.export as export
+
+    # Ctrl-C as a terminal delivers it: a test run started in the background (nohup, `&` in a
+    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     original = export.write_data_files
 
