@@ -114,6 +114,9 @@ def _rank_main(model_dir: str, n_prompts: int, rank: int, size: int, rendezvous:
         results = compute_all(model_dir, n_prompts)
         results["shard"] = [distributed.shard(n_prompts).start, distributed.shard(n_prompts).stop]
         Path(f"{rendezvous}.rank{rank}.json").write_text(json.dumps(results))
+        # No rank tears down before all are done: gloo aborts a rank ("terminate called
+        # without an active exception") whose peer closed its connections under it.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

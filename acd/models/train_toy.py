@@ -47,7 +47,7 @@ from acd.tasks import InductionTask, PromptBatch, Task, TemplateTask, load_task
 TRAIN_SEED_BASE = 1_000_000
 TASK_NAMES = ("ioi", "greater-than", "induction")
 # Generic texts that can be mixed into the training stream (see mixed_parts).
-GENERIC_TEXTS = ("text", "icl", "pairs")
+GENERIC_TEXTS = ("text", "icl", "pairs", "chunks")
 SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<unk>")
 BOS_ID, PAD_ID = SPECIAL_TOKENS.index("<|endoftext|>"), SPECIAL_TOKENS.index("<pad>")
 
@@ -179,6 +179,8 @@ def mixed_parts(
         parts.append(skip_bigram_text(words, per_task["text"], rng, seed, (16, 48)))
     if per_task.get("icl", 0):
         parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48), icl_interrupt))
+    if per_task.get("chunks", 0):
+        parts.append(chunk_repeat_text(words, per_task["chunks"], rng))
     if per_task.get("pairs", 0):
         parts.append(in_context_pairs_text(words, per_task["pairs"], rng, (24, 48)))
     return parts
@@ -322,6 +324,36 @@ def in_context_pairs_text(
             key = rng.choice(keys)
             row += [rng.choice(words), key, value[key]]
         rows.append(row)
+    return _padded(rows)
+
+
+def chunk_repeat_text(
+    words: list[int], n: int, rng: random.Random, chunk: tuple[int, int] = (2, 3)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeats in shuffled chunks: 0-10 random words, a sequence of 6-24 distinct words, then
+    the same words again cut into chunks of ``chunk`` words in shuffled order ("A B C D E F"
+    then "E F A B C D"). BOS first, right-padded.
+
+    Within a prompt the distance from a word to its earlier copy changes at every chunk, so a
+    copy keyed by the repeat's period (a fixed offset back) fails at each chunk's start, and
+    "two after the previous word's earlier copy" fails at each chunk's first word; only
+    content matching — the textbook induction head — predicts every repeated word after the
+    second half's first.
+
+    Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
+    """
+    rows = []
+    for _ in range(n):
+        prefix, half = rng.randint(0, 10), rng.randint(6, 24)
+        drawn = rng.sample(words, prefix + half)
+        body = drawn[prefix:]
+        pieces, start = [], 0
+        while start < half:
+            size = rng.randint(*chunk)
+            pieces.append(body[start : start + size])
+            start += size
+        rng.shuffle(pieces)
+        rows.append([BOS_ID, *drawn, *(w for piece in pieces for w in piece)])
     return _padded(rows)
 
 
