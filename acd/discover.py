@@ -162,7 +162,9 @@ def discover(
             f"candidates must be between 1 and the graph's {graph.n_edges} edges, got {candidates}"
         )
     batch = drawn_from.make_batch(model.tokenizer, prompts, seed).to(model.device)
-    evaluation_metric = metric or task.metric  # what the circuit is evaluated with
+    # What the attribution scores (eap, eap-ig, exact) and the circuit is evaluated with; a
+    # search (acdc, hybrid) decides with its own metric, ``metric`` or KL.
+    evaluation_metric = metric or task.metric
     _sanity_gate(model, graph, batch, task.name, evaluation_metric, ablation, batch_size, force)
     params: dict[str, Any]
 
@@ -184,15 +186,13 @@ def discover(
             rows_per_forward,
         )
         params = {"prompts": prompts, **search_params, "ablation": ablation}
-        metric = metric or task.metric  # the evaluation's
     else:
-        metric = metric or task.metric
         scores = attribute(
             model,
             graph,
             batch,
             method=method,
-            metric=metric,
+            metric=evaluation_metric,
             ablation=ablation,
             batch_size=batch_size,
             ig_steps=ig_steps,
@@ -207,7 +207,7 @@ def discover(
         params = {
             "edges": edges,
             "prompts": prompts,
-            "metric": metric,
+            "metric": evaluation_metric,
             "ablation": ablation,
             "selection": selection,
             "absolute": absolute,
@@ -218,10 +218,16 @@ def discover(
             params["threshold"] = threshold
     params.update({"prune": prune, "batch_size": batch_size, "d_model": model.spec.d_model})
     if searching:  # params["metric"] is the search's; acd evaluate re-evaluates with this one
-        params["evaluation_metric"] = metric
+        params["evaluation_metric"] = evaluation_metric
     mask = prune_dangling(selected, graph) if prune else selected
     evaluation = evaluate_circuit(
-        model, graph, batch, mask, metric=metric, ablation=ablation, batch_size=batch_size
+        model,
+        graph,
+        batch,
+        mask,
+        metric=evaluation_metric,
+        ablation=ablation,
+        batch_size=batch_size,
     )
     metrics = evaluation.summary()
     metrics["n_selected"] = int(selected.sum())

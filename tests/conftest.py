@@ -143,3 +143,13 @@ def tiny_models(make_tiny_model_dir) -> dict:
     """kind -> (model, graph) for the tiny random GPT-2, Llama (GQA) and NeoX (parallel) models,
     loaded once per session. The models are frozen; tests must not change their weights."""
     return _TinyModels(make_tiny_model_dir)
+
+
+@pytest.fixture
+def cached_toy(toy, monkeypatch):
+    """The CLI in this process, answering every model load with the requesting module's
+    ``toy`` fixture (loaded once per module), so CLI tests skip the 20 s load."""
+    import acd.cli
+
+    monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *args, **kwargs: toy)
+    return toy

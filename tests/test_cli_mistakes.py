@@ -265,14 +265,6 @@ def toy():
     return acd.load_model("toy", device="cpu")
 
 
-@pytest.fixture
-def cached_toy(toy, monkeypatch):
-    import acd.cli
-
-    monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *args, **kwargs: toy)
-    return toy
-
-
 def _identical_pairs(path: Path) -> Path:
     """A pair file whose corrupted prompts are its clean ones: nothing to tell apart."""
     with path.open("w", newline="") as f:

@@ -41,15 +41,6 @@ def toy():
     return acd.load_model("toy", device="cpu")
 
 
-@pytest.fixture
-def cached_toy(toy, monkeypatch):
-    """The CLI in this process, with the toy model loaded once for the whole module."""
-    import acd.cli
-
-    monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *args, **kwargs: toy)
-    return toy
-
-
 def write_pairs(path: Path, pairs: list[PromptPair]) -> Path:
     """A CSV of prompt pairs (clean, corrupted, answer, wrong)."""
     with path.open("w", newline="") as f:
