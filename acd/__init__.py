@@ -14,9 +14,10 @@ The public API (see docs/ and DESIGN.md's data flow):
 from acd.acdc import AcdcResult, acdc
 from acd.attribution import attribute, node_scores
 from acd.circuit import Circuit
+from acd.comparison import Comparison, compare
 from acd.discover import discover
 from acd.errors import AcdError, TaskError
-from acd.evaluate import CircuitEvaluation, Comparison, compare, evaluate_circuit
+from acd.evaluate import CircuitEvaluation, evaluate_circuit
 from acd.export import load_circuit, read_eapig_json, write_eapig_json
 from acd.graph import ComputeGraph
 from acd.models import ModelAdapter, list_models, load_model

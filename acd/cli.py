@@ -457,7 +457,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from acd.evaluate import compare
+    from acd.comparison import compare
 
     a, b = _load_any_circuit(args.a), _load_any_circuit(args.b)
     if (a.graph.n_src, a.graph.n_dst) != (b.graph.n_src, b.graph.n_dst) or not bool(

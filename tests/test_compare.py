@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config
 
-from acd.evaluate import compare
+from acd.comparison import compare
 from acd.graph import ComputeGraph
 
 
