@@ -9,6 +9,11 @@ induction), so padding never enters a score.
     logprob     mean log-probability of the target tokens at the scored positions (induction)
     kl          KL(reference || model) at the scored positions, averaged over them
 
+Each is a ``Metric``: the function and what it needs (``needs_reference``: the full model's
+logits, as KL does) and which way is better (``direction``), so that the engine never asks a
+metric for its name. ``resolve_metric`` turns what a user passes (a name, ``task``, a Metric or a
+plain function (logits, batch) -> [N]) into one.
+
 Precision: each metric computes in ``compute_dtype(logits)``: float64 logits in float64 (a
 float64 run is float64-accurate throughout), float32 in float32, and half precision (float16,
 bfloat16) upcast to float32. Logits are never downcast.
@@ -17,13 +22,17 @@ bfloat16) upcast to float32. Logits are never downcast.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from acd.errors import TaskError
-from acd.tasks import PromptBatch
 
-Metric = Callable[[torch.Tensor, PromptBatch], torch.Tensor]
+if TYPE_CHECKING:
+    from acd.tasks import PromptBatch
+
+MetricFunction = Callable[[torch.Tensor, "PromptBatch"], torch.Tensor]
 
 
 def compute_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -91,20 +100,69 @@ def kl_divergence(
     return (per_pos * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A per-prompt metric: logits [N, T, V] of one batch -> [N].
+
+    ``function`` is called as ``function(logits, batch)``, or, when ``needs_reference``, as
+    ``function(logits, reference, batch)`` with the full (clean) model's logits [N, T, V] at
+    the same positions. ``direction`` says which way is better: ``higher`` for task metrics
+    (the behaviour), ``lower`` for a distance from the full model such as KL (0 at the full
+    model). ACDC reads it: an edge goes when removing it raises a ``lower`` metric by less
+    than tau (any decrease included), or moves a ``higher`` one by less than tau either way.
+    """
+
+    name: str
+    function: Callable[..., torch.Tensor]
+    needs_reference: bool = False
+    direction: Literal["higher", "lower"] = "higher"
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        batch: PromptBatch,
+        reference: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if not self.needs_reference:
+            return self.function(logits, batch)
+        if reference is None:
+            raise TaskError(f"the {self.name} metric needs the clean model's logits as reference")
+        return self.function(logits, reference, batch)
+
+    def bind(
+        self, batch: PromptBatch, reference: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """logits [N, T, V] -> [N] for the prompts of ``batch`` (and the reference logits)."""
+        return lambda logits: self(logits, batch, reference)
+
+
 TASK_METRICS: dict[str, Metric] = {
-    "logit_diff": logit_diff,
-    "prob_diff": prob_diff,
-    "logprob": logprob,
+    "logit_diff": Metric("logit_diff", logit_diff),
+    "prob_diff": Metric("prob_diff", prob_diff),
+    "logprob": Metric("logprob", logprob),
 }
+KL = Metric("kl", kl_divergence, needs_reference=True, direction="lower")
+METRICS: dict[str, Metric] = {**TASK_METRICS, "kl": KL}
 
 
-def get_metric(name: str, reference_logits: torch.Tensor | None = None) -> Metric:
-    """The metric called ``name``; ``kl`` needs the reference (clean model) logits [N, T, V]."""
-    if name == "kl":
-        if reference_logits is None:
-            raise TaskError("the kl metric needs the clean model's logits as reference")
-        return lambda logits, batch: kl_divergence(logits, reference_logits, batch)
-    if name not in TASK_METRICS:
-        known = ", ".join([*TASK_METRICS, "kl"])
-        raise TaskError(f"unknown metric {name!r}; choose one of {known}")
-    return TASK_METRICS[name]
+def resolve_metric(metric: str | Metric | MetricFunction | None, task_metric: str) -> Metric:
+    """The Metric meant by ``metric``: a name from METRICS, ``task`` or None (``task_metric``,
+    the batch's own), a Metric, or a function (logits [N, T, V], PromptBatch) -> [N] that
+    reads logits only where ``batch.score_mask`` is set (direction ``higher``)."""
+    if isinstance(metric, Metric):
+        return metric
+    if callable(metric):
+        return Metric(getattr(metric, "__name__", "custom"), metric)
+    name = task_metric if metric is None or metric == "task" else metric
+    if name not in METRICS:
+        raise TaskError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+def get_metric(name: str, reference_logits: torch.Tensor | None = None) -> MetricFunction:
+    """The metric called ``name`` as a function (logits, batch) -> [N]; ``kl`` needs the
+    reference (clean model) logits [N, T, V]."""
+    metric = resolve_metric(name, name)
+    if metric.needs_reference and reference_logits is None:
+        raise TaskError(f"the {name} metric needs the clean model's logits as reference")
+    return lambda logits, batch: metric(logits, batch, reference_logits)
