@@ -53,32 +53,19 @@ import torch
 from tqdm.auto import tqdm
 
 from acd.atomic import atomic_write
-from acd.attribution import (
-    _accumulator_dtype,
-    _at_positions,
-    _bind_metric,
-    _check_prefix_runs,
-    _dst_layers,
-    _resolve_metric,
-)
-from acd.distributed import all_reduce_sum, is_main, rank_and_size, shard
-from acd.errors import AcdError
+from acd.distributed import all_reduce_sum, is_main, rank_and_size
 from acd.formats import checkpoint as checkpoint_schema
 from acd.formats.checkpoint import CheckpointFile, check_progress, parse_checkpoint
 from acd.formats.common import parse_json, read_text
-from acd.metrics import Metric
+from acd.memory import accumulator_dtype
 from acd.models.load import weights_sha256
-from acd.patching import (
-    ABLATIONS,
-    mean_sources,
-    patch_values,
-    run_and_collect_residuals,
-    run_patched_from_layer,
-)
+from acd.patching import RestartCache
+from acd.runner import PromptRunner, RunnerError, at_positions
 from acd.tasks import BATCH_TENSOR_FIELDS
 
 if TYPE_CHECKING:
     from acd.graph import ComputeGraph
+    from acd.metrics import Metric, MetricFunction
     from acd.models.load import ModelAdapter
     from acd.tasks import PromptBatch
 
@@ -94,7 +81,7 @@ CHECKPOINT_FORMAT, CHECKPOINT_VERSION = checkpoint_schema.FORMAT, checkpoint_sch
 _FIELD_NAMES = {"model_sha256": "model_sha256 (the model's weights)"}
 
 
-class AcdcError(AcdError, ValueError):
+class AcdcError(RunnerError):
     """An argument of ``acdc`` that cannot be used, or a checkpoint that does not fit."""
 
 
@@ -130,7 +117,7 @@ def acdc(
     batch: PromptBatch,
     *,
     tau: float,
-    metric: str | Metric = "kl",
+    metric: str | Metric | MetricFunction = "kl",
     ablation: str = "corrupted",
     candidates: torch.Tensor | None = None,
     batch_size: int | None = None,
@@ -163,29 +150,28 @@ def acdc(
     Returns: AcdcResult.
     """
     start = time.perf_counter()
-    tau = _check_arguments(tau, ablation, batch_size, rows_per_forward, batch)
-    metric = _resolve_metric(metric, batch)
-    initial = _initial_circuit(graph, candidates)
-    state = _SearchState.fresh(graph, initial, _accumulator_dtype(model))
-    header = None
-    if checkpoint is not None:
-        header = _checkpoint_header(model, graph, batch, tau, metric, ablation, candidates)
-        state = _resume(Path(checkpoint), header, graph, state)
-    # Means over *all* prompts (every rank computes the same), so sharding cannot change them.
-    means = None
-    if ablation == "mean":
-        means = mean_sources(model, graph, batch.to(model.device), batch_size=batch_size)
-    local = batch.select(shard(len(batch))).to(model.device)
-    _, size = rank_and_size()
-    evaluator = _Evaluator(
+    tau = _check_arguments(tau, rows_per_forward)
+    runner = PromptRunner(
         model,
         graph,
-        local,
-        n_total=len(batch),
-        largest_shard=math.ceil(len(batch) / size),
+        batch,
         metric=metric,
         ablation=ablation,
-        means=means,
+        batch_size=batch_size,
+        error=AcdcError,
+    )
+    initial = _initial_circuit(graph, candidates)
+    state = _SearchState.fresh(graph, initial, accumulator_dtype(model))
+    header = None
+    if checkpoint is not None:
+        header = _checkpoint_header(
+            model, graph, batch, tau, runner.metric.name, ablation, candidates
+        )
+        state = _resume(Path(checkpoint), header, graph, state)
+    _, size = rank_and_size()
+    evaluator = _Evaluator(
+        runner,
+        largest_shard=math.ceil(len(batch) / size),
         initial=initial,
         batch_size=batch_size,
         rows_per_forward=rows_per_forward,
@@ -194,8 +180,9 @@ def acdc(
     bar = tqdm(total=total, initial=state.visited, desc="acdc", unit="edge", disable=not progress)
     bar.set_postfix(kept=state.n_kept())
     order = _dst_layers(graph)
+    distance = runner.metric.direction == "lower"
     for v in range(state.next_dst, -1, -1):
-        _visit_destination(evaluator, state, v, int(order[v]), tau, metric == "kl", bar)
+        _visit_destination(evaluator, state, v, int(order[v]), tau, distance, bar)
         state.next_dst = v - 1
         if checkpoint is not None and is_main():
             atomic_write(checkpoint, state.to_json(header))
@@ -215,28 +202,24 @@ def acdc(
     )
 
 
-def _check_arguments(
-    tau: float | None,
-    ablation: str,
-    batch_size: int | None,
-    rows_per_forward: int,
-    batch: PromptBatch,
-) -> float:
-    """Refuse unusable arguments before any forward; returns tau as a float."""
+def _check_arguments(tau: float | None, rows_per_forward: int) -> float:
+    """Refuse the search's own unusable arguments before any forward (the runner checks the
+    metric, ablation, batch size and prompts); returns tau as a float."""
     if tau is None:
         raise AcdcError("ACDC needs a threshold: give tau= (>= 0, e.g. 0.01 for KL)")
     tau = float(tau)
     if math.isnan(tau) or tau < 0:
         raise AcdcError(f"tau must be a number >= 0, got {tau}")
-    if ablation not in ABLATIONS:
-        raise AcdcError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
-    if batch_size is not None and batch_size < 1:
-        raise AcdcError(f"batch_size must be at least 1, got {batch_size}")
     if rows_per_forward < 1:
         raise AcdcError(f"rows_per_forward must be at least 1, got {rows_per_forward}")
-    if len(batch) == 0:
-        raise AcdcError("the batch holds no prompts")
     return tau
+
+
+def _dst_layers(graph: ComputeGraph) -> torch.Tensor:
+    """The block each destination belongs to: [n_dst] (n_layers for ``logits``)."""
+    return torch.tensor(
+        [graph.n_layers if p.layer is None else p.layer for p in graph.destinations]
+    )
 
 
 def _initial_circuit(graph: ComputeGraph, candidates: torch.Tensor | None) -> torch.Tensor:
@@ -251,9 +234,10 @@ def _initial_circuit(graph: ComputeGraph, candidates: torch.Tensor | None) -> to
     return candidates.detach().bool().cpu() & graph.valid
 
 
-def _removable(delta: float, tau: float, kl: bool) -> bool:
-    """ACDC's test: KL rises by less than tau, or the task metric moves by less than tau."""
-    return delta < tau if kl else abs(delta) < tau
+def _removable(delta: float, tau: float, distance: bool) -> bool:
+    """ACDC's test: a distance from the full model (a metric whose direction is ``lower``, such
+    as KL) rises by less than tau, or a task metric moves by less than tau."""
+    return delta < tau if distance else abs(delta) < tau
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +250,7 @@ def _visit_destination(
     v: int,
     layer: int,
     tau: float,
-    kl: bool,
+    distance: bool,
     bar: tqdm,
 ) -> None:
     """Test every kept edge into destination ``v`` (block ``layer``), last source first,
@@ -295,7 +279,7 @@ def _visit_destination(
             state.deltas[u, v] = delta
             state.visited += 1
             bar.update(1)
-            if not _removable(delta, tau, kl):
+            if not _removable(delta, tau, distance):
                 break  # the later rows assumed this edge removed: speculate again after it
             state.kept[u, v] = False
             baseline = value
@@ -479,7 +463,7 @@ def _checkpoint_header(
     graph: ComputeGraph,
     batch: PromptBatch,
     tau: float,
-    metric: str | Metric,
+    metric: str,
     ablation: str,
     candidates: torch.Tensor | None,
 ) -> dict:
@@ -507,7 +491,7 @@ def _checkpoint_header(
         "device": torch.device(model.device).type,
         "model_sha256": weights_sha256(model),
         "tau": tau,
-        "metric": metric if isinstance(metric, str) else getattr(metric, "__qualname__", "?"),
+        "metric": metric,
         "ablation": ablation,
         "n_prompts": len(batch),
         "prompts_sha256": prompts.hexdigest(),
@@ -530,26 +514,21 @@ def _acd_version() -> str:
 
 
 class _Evaluator:
-    """This rank's prompts, the cached run of the initial circuit, and metric evaluations of
-    patch masks from a chosen block on."""
+    """This rank's prompts, the cached run of the initial circuit (a RestartCache), and metric
+    evaluations of patch masks from a chosen block on."""
 
     def __init__(
         self,
-        model: ModelAdapter,
-        graph: ComputeGraph,
-        local: PromptBatch,
+        runner: PromptRunner,
         *,
-        n_total: int,
         largest_shard: int,
-        metric: str | Metric,
-        ablation: str,
-        means: torch.Tensor | None,
         initial: torch.Tensor,
         batch_size: int | None,
         rows_per_forward: int,
     ):
-        self.model, self.graph, self.local, self.metric = model, graph, local, metric
-        self.n_total = n_total
+        self.runner, self.model, self.graph = runner, runner.model, runner.graph
+        self.local, self.metric = runner.local, runner.metric
+        self.n_total = runner.n_total
         self.n_forwards = 0
         self.n_circuits = 0
         # Prompts per search forward, and how many speculative rows fit beside them. Computed
@@ -559,44 +538,31 @@ class _Evaluator:
         self.variants_per_forward = max(
             1, rows_per_forward // min(largest_shard, self.prompts_per_forward)
         )
-        if len(local):
-            self._cache_reference_runs(ablation, means, initial, batch_size)
+        if len(self.local):
+            self._cache_reference_runs(initial)
 
-    def _cache_reference_runs(
-        self,
-        ablation: str,
-        means: torch.Tensor | None,
-        initial: torch.Tensor,
-        batch_size: int | None,
-    ) -> None:
-        """The clean logits (KL's reference) at the scored positions, and the residuals and
-        sources of the initial circuit's run, truncated after the last scored position."""
-        model, graph, local = self.model, self.graph, self.local
-        self.positions = local.score_mask.any(dim=0).nonzero().squeeze(1)
-        self.length = int(self.positions[-1]) + 1  # causal: later positions cannot matter
-        clean_at, residuals, sources, patches = [], [], [], []
+    def _cache_reference_runs(self, initial: torch.Tensor) -> None:
+        """The run of the initial circuit, with the clean logits (KL's reference) at the scored
+        positions, truncated after the last scored position (``RestartCache``)."""
+        runner, graph = self.runner, self.graph
+        self.positions = self.local.score_mask.any(dim=0).nonzero().squeeze(1)
         removed = graph.valid & ~initial  # hybrid: the non-candidate edges
-        for i, chunk in enumerate(local.split(batch_size or len(local))):
-            tokens = chunk.clean[:, : self.length]
-            patch = patch_values(model, graph, chunk, ablation, means=means)[:, : self.length]
-            clean_logits, src, res = run_and_collect_residuals(model, graph, tokens)
-            self.n_forwards += 2 if ablation == "corrupted" else 1
-            if i == 0:
-                _check_prefix_runs(model, graph, res[:1], clean_logits[:1], method="ACDC")
-            if bool(removed.any()):
-                # The search restarts from the run of the initial circuit, not the clean one.
-                _, src, res = run_and_collect_residuals(
-                    model, graph, tokens, patch_mask=removed, patch_sources=patch
+        caches = []
+        for i, chunk in enumerate(runner.chunks):
+            caches.append(
+                RestartCache.record(
+                    self.model,
+                    graph,
+                    chunk.clean,
+                    runner.patch(i),
+                    self.positions.to(chunk.clean.device),
+                    removed=removed,
+                    check="ACDC" if i == 0 else None,
                 )
-                self.n_forwards += 1
-            clean_at.append(clean_logits[:, self.positions])
-            residuals.append(res)
-            sources.append(src)
-            patches.append(patch)
-        self.clean_at = torch.cat(clean_at)  # [n, k, d_vocab]
-        self.residuals = torch.cat(residuals)  # [n, length, n_layers + 1, d_model]
-        self.sources = torch.cat(sources)  # [n, length, n_src, d_model]
-        self.patch = torch.cat(patches)  # [n, length, n_src, d_model]
+            )
+            self.n_forwards += 2 if runner.ablation == "corrupted" else 1
+            self.n_forwards += int(bool(removed.any()))
+        self.cache = RestartCache.cat(caches)
 
     def mean_metrics(self, layer: int, masks: torch.Tensor) -> torch.Tensor:
         """M of each circuit, averaged over every rank's prompts: masks [K, n_src, n_dst] bool
@@ -620,21 +586,10 @@ class _Evaluator:
     ) -> torch.Tensor:
         """One forward from block ``layer``: M for (circuit ``variant[r]``, prompt
         ``prompt[r]``) per row: [R] float64."""
-        device, graph = self.model.device, self.graph
+        device = self.model.device
         p = prompt.to(device)
-        # Only the sources before block ``layer`` are read from the cache: gather just those.
-        n_prefix = graph.src_layer_slice(layer).start if layer < graph.n_layers else graph.n_src
-        logits = run_patched_from_layer(
-            self.model,
-            self.graph,
-            self.residuals[p, :, layer],
-            layer,
-            masks.to(device)[variant.to(device)],
-            self.patch[p],
-            self.sources[:, :, :n_prefix][p],
-            positions=self.positions,
-        )
+        logits = self.cache.run_with_masks(layer, masks.to(device)[variant.to(device)], prompt)
         self.n_forwards += 1
-        rows = _at_positions(self.local.select(p), self.positions)
-        reference = self.clean_at[p] if self.metric == "kl" else None
-        return _bind_metric(self.metric, rows, reference)(logits).to(torch.float64)
+        rows = at_positions(self.local.select(p), self.positions.to(device))
+        reference = self.cache.clean_at[p] if self.metric.needs_reference else None
+        return self.metric(logits, rows, reference).to(torch.float64)

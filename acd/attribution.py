@@ -35,34 +35,27 @@ Scale. Scores are means over prompts, so in a torch.distributed process group
 contiguous shard of the prompts, the partial sums are all-reduced and divided by the global
 prompt count: every rank returns the same scores as one process would. Without ``batch_size``
 the prompts are chunked so that one chunk's buffers fit in a fraction of the free memory
-(``auto_batch_size``); chunking never changes the scores.
+(``acd.memory.auto_batch_size``); chunking never changes the scores. Sharding, chunking, patch
+values and the metric come from one ``acd.runner.PromptRunner``; ``score_with`` scores with a
+runner a caller already holds (``discover``: its sanity gate's patch values are reused).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from acd.distributed import all_reduce_sum, is_main, shard_batch
-from acd.errors import AcdError
-from acd.metrics import TASK_METRICS, Metric, get_metric
-from acd.patching import (
-    ABLATIONS,
-    mean_sources,
-    patch_values,
-    run_and_collect,
-    run_and_collect_residuals,
-    run_from_layer,
-    run_with_gradients,
-)
+from acd.distributed import is_main
+from acd.memory import accumulator_dtype, auto_batch_size  # noqa: F401 (auto_batch_size: API)
+from acd.patching import RestartCache, run_with_gradients
+from acd.runner import PromptRunner, RunnerError, at_positions
 
 if TYPE_CHECKING:
     from acd.graph import ComputeGraph
+    from acd.metrics import Metric, MetricFunction
     from acd.models.load import ModelAdapter
     from acd.tasks import PromptBatch
 
@@ -72,16 +65,12 @@ METHODS = ("eap", "eap-ig", "exact")
 # the matrix products efficient, small enough that a GPT-2-small forward stays well under 1 GB.
 VARIANTS_PER_FORWARD = 256
 
-# Default share of the free memory that one prompt chunk's buffers may use (auto_batch_size):
-# the estimate is rough, and the allocator fragments, so leave most of it free.
-MEMORY_FRACTION = 0.25
-
 # EAP's difference p_u - z_u^clean is formed this many bytes at a time (a block of sources), so
 # that a huge graph never needs a second copy of all its source outputs at once.
 DIFF_BLOCK_BYTES = 1 << 28
 
 
-class AttributionError(AcdError, ValueError):
+class AttributionError(RunnerError):
     """An argument of ``attribute``/``node_scores`` that cannot be used."""
 
 
@@ -95,7 +84,7 @@ def attribute(
     batch: PromptBatch,
     method: str = "eap",
     *,
-    metric: str | Metric | None = None,
+    metric: str | Metric | MetricFunction | None = None,
     ablation: str = "corrupted",
     batch_size: int | None = None,
     ig_steps: int = 5,
@@ -108,16 +97,16 @@ def attribute(
     Args:
         method: ``eap``, ``eap-ig`` or ``exact`` (module docstring).
         metric: a metric name (``logit_diff``, ``prob_diff``, ``logprob``, ``kl`` — KL from the
-            clean model's output — or ``task``, the batch's own), or a function (logits
-            [N, T, V], PromptBatch) -> [N] that reads logits only where ``batch.score_mask`` is
-            set (exact scoring passes it logits at those positions only). Default: ``task``.
-            (With ``kl``, EAP scores are ~0: the clean run is KL's minimum, where its gradient
-            vanishes. Use ``eap-ig`` or ``exact`` with KL.)
+            clean model's output — or ``task``, the batch's own), an ``acd.metrics.Metric``, or
+            a function (logits [N, T, V], PromptBatch) -> [N] that reads logits only where
+            ``batch.score_mask`` is set (it is passed logits at the scored positions only).
+            Default: ``task``. (With ``kl``, EAP scores are ~0: the clean run is KL's minimum,
+            where its gradient vanishes. Use ``eap-ig`` or ``exact`` with KL.)
         ablation: what a patched edge carries: ``corrupted`` (the corrupted prompt's source
             outputs), ``zero``, or ``mean`` (per-position means of the clean sources over all
             prompts of ``batch``).
         batch_size: prompts per forward pass; does not change the scores. Default: as many
-            as fit in MEMORY_FRACTION of the free memory (``auto_batch_size``).
+            as fit in a fraction of the free memory (``acd.memory.auto_batch_size``).
         ig_steps: m, the number of interpolation points of ``eap-ig``.
         progress: show a progress bar (on rank 0 only).
         edge_mask: [n_src, n_dst] bool; score only these edges (the others are 0). For
@@ -130,25 +119,50 @@ def attribute(
     M(clean with u -> v patched) - M(clean). In a process group: the same on every rank
     (module docstring, "Scale").
     """
-    _check_arguments(method, ablation, batch_size, ig_steps, variants_per_forward, batch)
-    metric = _resolve_metric(metric, batch)
+    _check_arguments(method, ig_steps, variants_per_forward)
+    runner = PromptRunner(
+        model,
+        graph,
+        batch,
+        metric=metric,
+        ablation=ablation,
+        batch_size=batch_size,
+        method=method,
+        ig_steps=ig_steps,
+        error=AttributionError,
+    )
+    return score_with(
+        runner,
+        method,
+        ig_steps=ig_steps,
+        progress=progress,
+        edge_mask=edge_mask,
+        variants_per_forward=variants_per_forward,
+    )
+
+
+def score_with(
+    runner: PromptRunner,
+    method: str,
+    *,
+    ig_steps: int = 5,
+    progress: bool = True,
+    edge_mask: torch.Tensor | None = None,
+    variants_per_forward: int = VARIANTS_PER_FORWARD,
+) -> torch.Tensor:
+    """``attribute`` on the runner's prompts, metric and ablation: [n_src, n_dst] on the CPU."""
+    _check_arguments(method, ig_steps, variants_per_forward)
+    graph = runner.graph
     keep = graph.valid if edge_mask is None else _check_edge_mask(edge_mask, graph)
-    means = _means(model, graph, batch, ablation, batch_size)
-    chunks = _local_chunks(model, graph, batch, method, batch_size, ig_steps)
     progress = progress and is_main()
     if method == "exact":
         variants = _edge_variants(graph, keep)
-        effects = _exact_effects(
-            model, graph, chunks, metric, ablation, means, variants, variants_per_forward, progress
-        )
+        effects = _exact_effects(runner, variants, variants_per_forward, progress)
         scores = torch.zeros(graph.n_src, graph.n_dst, dtype=effects.dtype)
-        scores[variants.src, variants.dst] = all_reduce_sum(effects)
+        scores[variants.src, variants.dst] = runner.sum(effects)
     else:
-        scores = _gradient_scores(
-            model, graph, chunks, metric, ablation, means, method, ig_steps, progress
-        )
-        scores = all_reduce_sum(scores)
-    return torch.where(keep, scores / len(batch), torch.zeros((), dtype=scores.dtype))
+        scores = runner.sum(_gradient_scores(runner, method, ig_steps, progress))
+    return torch.where(keep, scores / runner.n_total, torch.zeros((), dtype=scores.dtype))
 
 
 def node_scores(
@@ -157,7 +171,7 @@ def node_scores(
     batch: PromptBatch,
     method: str = "eap",
     *,
-    metric: str | Metric | None = None,
+    metric: str | Metric | MetricFunction | None = None,
     ablation: str = "corrupted",
     batch_size: int | None = None,
     ig_steps: int = 5,
@@ -174,66 +188,39 @@ def node_scores(
 
     Returns: scores [n_src] on the CPU.
     """
-    _check_arguments(method, ablation, batch_size, ig_steps, variants_per_forward, batch)
-    if method != "exact":
-        edges = attribute(
-            model,
-            graph,
-            batch,
-            method,
-            metric=metric,
-            ablation=ablation,
-            batch_size=batch_size,
-            ig_steps=ig_steps,
-            progress=progress,
-        )
-        return edges.sum(dim=1)
-    metric = _resolve_metric(metric, batch)
-    means = _means(model, graph, batch, ablation, batch_size)
-    chunks = _local_chunks(model, graph, batch, method, batch_size, ig_steps)
-    variants = _node_variants(graph)
-    effects = _exact_effects(
+    _check_arguments(method, ig_steps, variants_per_forward)
+    runner = PromptRunner(
         model,
         graph,
-        chunks,
-        metric,
-        ablation,
-        means,
-        variants,
-        variants_per_forward,
-        progress and is_main(),
+        batch,
+        metric=metric,
+        ablation=ablation,
+        batch_size=batch_size,
+        method=method,
+        ig_steps=ig_steps,
+        error=AttributionError,
     )
-    return all_reduce_sum(effects) / len(batch)
+    if method != "exact":
+        return score_with(runner, method, ig_steps=ig_steps, progress=progress).sum(dim=1)
+    variants = _node_variants(graph)
+    effects = _exact_effects(runner, variants, variants_per_forward, progress and is_main())
+    return runner.sum(effects) / runner.n_total
 
 
 # --------------------------------------------------------------------------------------------
 # Arguments
 
 
-def _check_arguments(
-    method: str,
-    ablation: str,
-    batch_size: int | None,
-    ig_steps: int,
-    variants_per_forward: int,
-    batch: PromptBatch,
-) -> None:
+def _check_arguments(method: str, ig_steps: int, variants_per_forward: int) -> None:
+    """Refuse the scoring arguments the runner does not check (it checks the rest)."""
     if method not in METHODS:
         raise AttributionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if ablation not in ABLATIONS:
-        raise AttributionError(
-            f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}"
-        )
-    if batch_size is not None and batch_size < 1:
-        raise AttributionError(f"batch_size must be at least 1, got {batch_size}")
     if ig_steps < 1:
         raise AttributionError(f"ig_steps must be at least 1, got {ig_steps}")
     if variants_per_forward < 1:
         raise AttributionError(
             f"variants_per_forward must be at least 1, got {variants_per_forward}"
         )
-    if len(batch) == 0:
-        raise AttributionError("the batch holds no prompts")
 
 
 def _check_edge_mask(edge_mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
@@ -244,189 +231,28 @@ def _check_edge_mask(edge_mask: torch.Tensor, graph: ComputeGraph) -> torch.Tens
     return edge_mask.bool().cpu() & graph.valid
 
 
-def _resolve_metric(metric: str | Metric | None, batch: PromptBatch) -> str | Metric:
-    """The metric's name, checked now (before any forward), or the user's function."""
-    if metric is None or metric == "task":
-        metric = batch.metric
-    if callable(metric):
-        return metric
-    if metric != "kl" and metric not in TASK_METRICS:
-        known = ", ".join([*TASK_METRICS, "kl"])
-        raise AttributionError(f"unknown metric {metric!r}; choose one of {known}")
-    return metric
-
-
-def _bind_metric(
-    metric: str | Metric, rows: PromptBatch, reference: torch.Tensor | None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """logits [n, T, V] -> [n] for the prompts ``rows``; ``reference`` [n, T, V] for ``kl``."""
-    fn = metric if callable(metric) else get_metric(metric, reference)
-    return lambda logits: fn(logits, rows)
-
-
-def _accumulator_dtype(model: ModelAdapter) -> torch.dtype:
-    # Half-precision models still sum scores in float32.
-    return torch.float64 if model.dtype == torch.float64 else torch.float32
-
-
-# --------------------------------------------------------------------------------------------
-# Prompt chunks and memory
-
-
-def _local_chunks(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    batch: PromptBatch,
-    method: str,
-    batch_size: int | None,
-    ig_steps: int,
-) -> list[PromptBatch]:
-    """This rank's shard of ``batch`` (all of it in one process), in chunks of ``batch_size``
-    prompts or of ``auto_batch_size``'s choice; none for a rank without prompts."""
-    local = shard_batch(batch)
-    if len(local) == 0:
-        return []
-    size = batch_size or auto_batch_size(model, graph, local, method, ig_steps=ig_steps)
-    return local.split(size)
-
-
-def auto_batch_size(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    batch: PromptBatch,
-    method: str,
-    *,
-    ig_steps: int = 5,
-    fraction: float = MEMORY_FRACTION,
-) -> int:
-    """The most prompts of ``batch`` (at least 1) whose scoring buffers fit in ``fraction`` of
-    the free memory of the model's device (``free_memory_bytes``); all of them when the free
-    memory cannot be read.
-
-    The estimate (``bytes_per_prompt``) counts EAP's source buffers [pos, n_src, d_model]
-    (clean, patch, difference), its gradients [pos, n_dst, d_model] and, roughly, the model's
-    activations kept for the backward pass; for exact scoring the same buffers without
-    gradients plus the cached residuals and logits. It is a guide, not a guarantee: lower
-    ``fraction`` or pass ``batch_size`` if a run still runs out of memory.
-    """
-    free = free_memory_bytes(model.device)
-    if free is None:
-        return len(batch)
-    per_prompt = bytes_per_prompt(model, graph, batch.clean.shape[1], method, ig_steps)
-    return max(1, min(len(batch), int(fraction * free) // per_prompt))
-
-
-def bytes_per_prompt(
-    model: ModelAdapter, graph: ComputeGraph, pos: int, method: str, ig_steps: int = 5
-) -> int:
-    """Rough peak memory of scoring one prompt of ``pos`` tokens by ``method``, in bytes."""
-    spec, d_model = model.spec, model.spec.d_model
-    sources = pos * graph.n_src * d_model  # elements of one [pos, n_src, d_model] buffer
-    grads = pos * graph.n_dst * d_model
-    # Per block: per-head copies of the residual for q, k, v and their normed copies, the head
-    # results (~8 H d), attention scores and pattern (2 H pos), the MLP's hidden layer before
-    # and after its activation, the residual and norms; then logits and their log-softmax.
-    block = 8 * spec.n_heads * d_model + 2 * spec.n_heads * pos + 2 * (spec.d_mlp or 0)
-    activations = pos * (graph.n_layers * (block + 4 * d_model) + 2 * spec.d_vocab)
-    if method == "exact":
-        residuals = pos * (graph.n_layers + 1) * d_model
-        elements = 3 * sources + residuals + activations
-    else:
-        # clean sources, patch, difference; the grad leaves' gradients and their concatenation
-        # (and EAP-IG's running sum of path gradients); activations and their gradients.
-        elements = 3 * sources + (4 if method == "eap-ig" and ig_steps > 1 else 2) * grads
-        elements += 2 * activations
-    itemsize = max(torch.finfo(model.dtype).bits, torch.finfo(_accumulator_dtype(model)).bits)
-    return elements * itemsize // 8
-
-
-def free_memory_bytes(device: torch.device | str) -> int | None:
-    """Memory that a new allocation on ``device`` can use, in bytes, or None if unknown.
-
-    CUDA: the device's free memory plus what PyTorch's caching allocator holds unused. CPU: the
-    kernel's MemAvailable (/proc/meminfo), else the free physical pages (os.sysconf).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + cached)
-    if device.type == "cpu":
-        return _mem_available() or _free_physical_pages()
-    return None
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # reported in kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _free_physical_pages() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-# --------------------------------------------------------------------------------------------
-# What patched edges carry
-
-
-def _means(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    batch: PromptBatch,
-    ablation: str,
-    batch_size: int | None,
-) -> torch.Tensor | None:
-    """Per-position source means over *all* prompts (``mean`` ablation), so that the chunking
-    into batches cannot change what a patched edge carries: [pos, n_src, d_model]."""
-    if ablation != "mean":
-        return None
-    local = shard_batch(batch)
-    if batch_size is None and len(local):
-        # The means' forward records every source, as exact scoring's does.
-        batch_size = auto_batch_size(model, graph, local, "exact")
-    return mean_sources(model, graph, batch, batch_size=batch_size, across_ranks=True)
-
-
 # --------------------------------------------------------------------------------------------
 # EAP and EAP-IG
 
 
 def _gradient_scores(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    chunks: list[PromptBatch],
-    metric: str | Metric,
-    ablation: str,
-    means: torch.Tensor | None,
-    method: str,
-    ig_steps: int,
-    progress: bool,
+    runner: PromptRunner, method: str, ig_steps: int, progress: bool
 ) -> torch.Tensor:
-    """Sum over prompts of (p_u - z_u^clean) . g_v, g_v = dM/d(in_v) at the clean run (EAP) or
-    its mean along the interpolation path (EAP-IG): [n_src, n_dst], on the CPU, invalid edges
-    not yet zeroed."""
-    dtype = _accumulator_dtype(model)
+    """Sum over this rank's prompts of (p_u - z_u^clean) . g_v, g_v = dM/d(in_v) at the clean
+    run (EAP) or its mean along the interpolation path (EAP-IG): [n_src, n_dst], on the CPU,
+    invalid edges not yet zeroed."""
+    model, graph = runner.model, runner.graph
+    dtype = accumulator_dtype(model)
     steps = ig_steps if method == "eap-ig" else 1
     total = torch.zeros(graph.n_src, graph.n_dst, device=model.device, dtype=dtype)
-    bar = tqdm(total=len(chunks) * steps, desc=method, unit="pass", disable=not progress)
-    for chunk in chunks:
-        chunk = chunk.to(model.device)
-        # KL needs the clean logits before the gradient runs: one more forward, for KL only.
-        reference = run_and_collect(model, graph, chunk.clean)[0] if metric == "kl" else None
-        metric_fn = _bind_metric(metric, chunk, reference)
+    bar = tqdm(total=len(runner.chunks) * steps, desc=method, unit="pass", disable=not progress)
+    for i, chunk in enumerate(runner.chunks):
+        # KL needs the clean logits before the gradient runs (the runner keeps them).
+        metric_fn = runner.bind(i)
         # The clean end of the path (k = m) is the plain clean run: all that EAP needs.
         _, clean_sources, grads = run_with_gradients(model, graph, chunk.clean, metric_fn)
         bar.update(1)
-        patch = patch_values(model, graph, chunk, ablation, means=means)
+        patch = runner.patch(i)
         if steps > 1:
             path = _path_gradients(
                 model, graph, chunk, metric_fn, clean_sources[:, :, 0], patch[:, :, 0], steps, bar
@@ -519,31 +345,26 @@ def _node_variants(graph: ComputeGraph) -> _Variants:
 
 
 def _exact_effects(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    chunks: list[PromptBatch],
-    metric: str | Metric,
-    ablation: str,
-    means: torch.Tensor | None,
-    variants: _Variants,
-    per_forward: int,
-    progress: bool,
+    runner: PromptRunner, variants: _Variants, per_forward: int, progress: bool
 ) -> torch.Tensor:
-    """Sum over prompts of M(clean with the variant patched) - M(clean): [V], on the CPU."""
-    total = torch.zeros(len(variants), dtype=_accumulator_dtype(model))
-    n_prompts = sum(len(chunk) for chunk in chunks)
+    """Sum over this rank's prompts of M(clean with the variant patched) - M(clean): [V], on
+    the CPU. Each chunk's clean run is cached once (``RestartCache``) and every variant reruns
+    only the blocks from its destination on."""
+    model, graph = runner.model, runner.graph
+    total = torch.zeros(len(variants), dtype=accumulator_dtype(model))
+    n_prompts = sum(len(chunk) for chunk in runner.chunks)
     bar = tqdm(total=len(variants) * n_prompts, desc="exact", unit="run", disable=not progress)
-    for i, chunk in enumerate(chunks):
-        chunk = chunk.to(model.device)
-        clean_logits, clean_sources, residuals = run_and_collect_residuals(
-            model, graph, chunk.clean
+    for i, chunk in enumerate(runner.chunks):
+        cache = RestartCache.record(
+            model,
+            graph,
+            chunk.clean,
+            runner.patch(i),
+            runner.positions[i],
+            check="exact scoring" if i == 0 else None,
         )
-        if i == 0:
-            _check_prefix_runs(model, graph, residuals[:1], clean_logits[:1])
-        clean_metric = _bind_metric(metric, chunk, clean_logits)(clean_logits).cpu()
-        patch = patch_values(model, graph, chunk, ablation, means=means)
-        diff = patch - clean_sources  # [n, pos, n_src, d_model]
-        run = _ExactChunk(model, graph, chunk, metric, clean_logits, residuals, diff)
+        runner.remember_clean(i, cache.clean_at)
+        clean_metric = runner.metric_at(i, cache.clean_at).cpu()
         for layer in variants.layer.unique().tolist():
             which = (variants.layer == layer).nonzero().squeeze(1)
             # Prompt-major order: a forward holds few prompts, so few positions need logits.
@@ -551,96 +372,39 @@ def _exact_effects(
             variant = which.repeat(len(chunk))
             for start in range(0, len(prompt), per_forward):
                 p, v = prompt[start : start + per_forward], variant[start : start + per_forward]
-                effect = run.patched_metric(layer, p, variants.src[v], variants.dst[v])
+                effect = _patched_metric(
+                    runner, i, cache, layer, p, variants.src[v], variants.dst[v]
+                )
                 total.index_add_(0, v, (effect.cpu() - clean_metric[p]).to(total.dtype))
                 bar.update(len(p))
     bar.close()
     return total
 
 
-class _ExactChunk:
-    """The cached clean run of one prompt chunk, and patched forwards from it."""
-
-    def __init__(
-        self,
-        model: ModelAdapter,
-        graph: ComputeGraph,
-        chunk: PromptBatch,
-        metric: str | Metric,
-        clean_logits: torch.Tensor,
-        residuals: torch.Tensor,
-        diff: torch.Tensor,
-    ):
-        self.model, self.graph, self.chunk, self.metric_spec = model, graph, chunk, metric
-        self.clean_logits, self.residuals, self.diff = clean_logits, residuals, diff
-
-    def patched_metric(
-        self, layer: int, prompt: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
-    ):
-        """M of each row: prompt ``prompt[r]`` with source ``src[r]`` patched into ``dst[r]``
-        (-1: all of its destinations), rerun from block ``layer``. All [R] -> [R]."""
-        graph, device = self.graph, self.model.device
-        rows = len(prompt)
-        # Only the scored positions need logits, and causal attention lets the run stop at the
-        # last of them.
-        positions = self.chunk.score_mask[prompt.to(device)].any(dim=0).nonzero().squeeze(1)
-        length = int(positions[-1]) + 1
-        dst_mask = torch.zeros(rows, graph.n_dst, dtype=torch.bool)
-        edge = dst >= 0
-        dst_mask[edge.nonzero().squeeze(1), dst[edge]] = True
-        dst_mask[~edge] = graph.valid[src[~edge]]
-        prompt_d, src_d = prompt.to(device), src.to(device)
-        logits = run_from_layer(
-            self.model,
-            graph,
-            self.residuals[prompt_d, :length, layer],
-            layer,
-            self.diff[prompt_d, :length, src_d],  # [R, length, d_model]
-            dst_mask,
-            positions=positions,
-        )
-        rows_batch = _at_positions(self.chunk.select(prompt_d), positions)
-        reference = None
-        if self.metric_spec == "kl":  # positions first: [R, pos, d_vocab] can be large
-            reference = self.clean_logits[:, positions][prompt_d]
-        return _bind_metric(self.metric_spec, rows_batch, reference)(logits)
-
-
-def _at_positions(batch: PromptBatch, positions: torch.Tensor) -> PromptBatch:
-    """``batch`` seen only at ``positions`` (the logits of a run that kept only those)."""
-    return replace(
-        batch,
-        clean=batch.clean[:, positions],
-        corrupted=batch.corrupted[:, positions],
-        score_mask=batch.score_mask[:, positions],
-        targets=batch.targets[:, positions],
-    )
-
-
-def _check_prefix_runs(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    residuals: torch.Tensor,
-    clean_logits: torch.Tensor,
-    *,
-    method: str = "exact scoring",
-) -> None:
-    """Refuse ``method`` (exact scoring, ACDC) where a run from a cached residual does not
-    reproduce the clean logits (an architecture whose forward does not loop over its block list
-    as expected).
-
-    Args: residuals [1, pos, n_layers + 1, d_model] and clean_logits [1, pos, d_vocab] of one
-    prompt.
-    """
-    exact = model.dtype in (torch.float32, torch.float64)
-    tolerance = (1e-3 if exact else 5e-2) * (1 + float(clean_logits.abs().max()))
-    no_patch = torch.zeros(1, graph.n_dst, dtype=torch.bool)
-    for layer in range(graph.n_layers + 1):
-        residual = residuals[:, :, layer]
-        logits = run_from_layer(model, graph, residual, layer, torch.zeros_like(residual), no_patch)
-        error = float((logits - clean_logits).abs().max())
-        if not error <= tolerance:
-            raise AttributionError(
-                f"{method} cannot restart {model.name!r} at block {layer}: the logits "
-                f"differ from the full forward's by {error:.3g}; use method='eap' or 'eap-ig'"
-            )
+def _patched_metric(
+    runner: PromptRunner,
+    i: int,
+    cache: RestartCache,
+    layer: int,
+    prompt: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+) -> torch.Tensor:
+    """M of each row: chunk ``i``'s prompt ``prompt[r]`` with source ``src[r]`` patched into
+    ``dst[r]`` (-1: all of its destinations), rerun from block ``layer``. All [R] -> [R]."""
+    graph, chunk = runner.graph, runner.chunks[i]
+    # Only the positions these prompts score need logits, and causal attention lets the run
+    # stop at the last of them.
+    p = prompt.to(chunk.score_mask.device)
+    positions = chunk.score_mask[p].any(dim=0).nonzero().squeeze(1)
+    dst_mask = torch.zeros(len(prompt), graph.n_dst, dtype=torch.bool)
+    edge = dst >= 0
+    dst_mask[edge.nonzero().squeeze(1), dst[edge]] = True
+    dst_mask[~edge] = graph.valid[src[~edge]]
+    logits = cache.run_with_deltas(layer, prompt, src, dst_mask, positions)
+    rows = at_positions(chunk.select(p), positions)
+    reference = None
+    if runner.metric.needs_reference:  # the cache's clean logits, at these positions
+        index = torch.searchsorted(cache.positions, positions.to(cache.positions.device))
+        reference = cache.clean_at[p][:, index.to(cache.clean_at.device)]
+    return runner.metric(logits, rows, reference)

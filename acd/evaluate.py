@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from acd.distributed import all_gather_rows, shard_batch
-from acd.metrics import get_metric, kl_divergence
-from acd.patching import ABLATIONS, mean_sources, patch_values, run_patched
+from acd.patching import run_patched
+from acd.runner import PromptRunner
 
 if TYPE_CHECKING:
     from acd.graph import ComputeGraph
+    from acd.metrics import Metric
     from acd.models.load import ModelAdapter
     from acd.tasks import PromptBatch
 
@@ -125,61 +125,66 @@ def evaluate_circuits(
     batch: PromptBatch,
     circuit_masks: torch.Tensor,
     *,
-    metric: str = "task",
+    metric: str | Metric = "task",
     ablation: str = "corrupted",
     batch_size: int | None = None,
 ) -> list[CircuitEvaluation]:
     """Evaluate several circuits ([k, n_src, n_dst] bool) sharing the reference runs.
 
-    Per batch of prompts: one corrupted forward (patch values, for "corrupted"), one clean
-    forward (the full model), one patched forward for the empty circuit, and one per circuit.
-    A circuit holding every valid edge reuses the full model's logits and one holding none the
-    empty circuit's, so their faithfulness is exactly 1 and 0. In a process group each rank
-    runs its shard of the prompts (module docstring); a collective, so every rank must call it.
+    Per chunk of prompts: one corrupted forward (patch values, for "corrupted"), one clean
+    forward (the full model), one patched forward for the empty circuit (zero / mean ablation
+    only: with corrupted ablation the empty circuit is the corrupted run), and one per circuit
+    (``evaluate_with``). In a process group each rank runs its shard of the prompts (module
+    docstring); a collective, so every rank must call it.
     """
+    runner = PromptRunner(
+        model, graph, batch, metric=metric, ablation=ablation, batch_size=batch_size
+    )
+    return evaluate_with(runner, circuit_masks)
+
+
+def evaluate_with(runner: PromptRunner, circuit_masks: torch.Tensor) -> list[CircuitEvaluation]:
+    """Evaluate circuits ([k, n_src, n_dst] bool) on the runner's prompts, reusing what it
+    keeps: the full and empty circuits' metric (``PromptRunner.reference``), the clean logits
+    and the patch values, so that each circuit costs one patched forward per chunk. A circuit
+    holding every valid edge is the full model and one holding none the empty circuit: their
+    figures are the reference's (faithfulness exactly 1 and 0)."""
+    graph = runner.graph
     if circuit_masks.dim() != 3 or circuit_masks.shape[1:] != (graph.n_src, graph.n_dst):
         raise ValueError(
             f"circuit masks have shape {tuple(circuit_masks.shape)}; expected "
             f"(k, {graph.n_src}, {graph.n_dst})"
         )
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
-    if len(batch) == 0:
-        raise ValueError("the batch holds no prompts")
     valid = graph.valid
     kept = circuit_masks.bool().cpu() & valid  # [k, n_src, n_dst]
-    metric_name = batch.metric if metric == "task" else metric
-    means = None
-    if ablation == "mean":
-        means = mean_sources(model, graph, batch, batch_size=batch_size, across_ranks=True)
-
+    reference = runner.reference()
     per_circuit: list[list[torch.Tensor]] = [[] for _ in kept]
     per_circuit_kl: list[list[torch.Tensor]] = [[] for _ in kept]
-    full_parts, empty_parts = [], []
-    local = shard_batch(batch)
-    for chunk in local.split(batch_size or len(local)) if len(local) else []:
-        chunk = chunk.to(model.device)
-        patch = patch_values(model, graph, chunk, ablation, means=means)
-        with torch.no_grad():
-            full_logits = model.bridge(chunk.clean)
-        empty_logits = run_patched(model, graph, chunk.clean, valid, patch)
-        score = _metric_fn(metric_name, full_logits, chunk)
-        full_parts.append(score(full_logits))
-        empty_parts.append(score(empty_logits))
-        for i, circuit in enumerate(kept):
+    for i, chunk in enumerate(runner.chunks):
+        for c, circuit in enumerate(kept):
             if bool(circuit.eq(valid).all()):  # nothing to patch: the full model
-                logits = full_logits
+                logits = runner.clean_at(i)
             elif not bool(circuit.any()):  # everything patched: the empty circuit
-                logits = empty_logits
+                logits = runner.empty_at(i)
             else:
-                logits = run_patched(model, graph, chunk.clean, valid & ~circuit, patch)
-            per_circuit[i].append(score(logits))
-            per_circuit_kl[i].append(kl_divergence(logits, full_logits, chunk))
-
-    full, empty, circuits, kls = _all_prompts(full_parts, empty_parts, per_circuit, per_circuit_kl)
+                logits = run_patched(
+                    runner.model, graph, chunk.clean, valid & ~circuit, runner.patch(i)
+                )
+            per_circuit[c].append(runner.metric_at(i, logits))
+            per_circuit_kl[c].append(runner.kl_to_full(i, logits))
+    columns = runner.gather(per_circuit + per_circuit_kl)
+    k = len(kept)
     return [
-        _evaluation(metric_name, ablation, int(circuit.sum()), values, full, empty, kl)
-        for circuit, values, kl in zip(kept, circuits, kls)
+        _evaluation(
+            runner.metric.name,
+            runner.ablation,
+            int(circuit.sum()),
+            columns[c],
+            reference.full,
+            reference.empty,
+            columns[k + c],
+        )
+        for c, circuit in enumerate(kept)
     ]
 
 
@@ -269,29 +274,34 @@ def separation(
     graph: ComputeGraph,
     batch: PromptBatch,
     *,
-    metric: str = "task",
+    metric: str | Metric = "task",
     ablation: str = "corrupted",
     batch_size: int | None = None,
 ) -> Separation:
     """M(clean) against M(corrupted) on ``batch``, for the sanity gate (``Separation``).
 
     Costs the reference runs of one evaluation: a corrupted forward (the patch values), a clean
-    forward and the everything-patched run. A collective under torch.distributed, like
-    ``evaluate_circuit``.
+    forward and, for zero / mean ablation, the everything-patched run. A collective under
+    torch.distributed, like ``evaluate_circuit``.
     """
-    empty = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
-    figures = evaluate_circuit(
-        model, graph, batch, empty, metric=metric, ablation=ablation, batch_size=batch_size
+    runner = PromptRunner(
+        model, graph, batch, metric=metric, ablation=ablation, batch_size=batch_size
     )
-    differences = figures.full - figures.empty
+    return separation_of(runner)
+
+
+def separation_of(runner: PromptRunner) -> Separation:
+    """``separation`` from the runner's reference figures (kept for the evaluation after)."""
+    reference = runner.reference()
+    differences = reference.full - reference.empty
     n = len(differences)
     spread = float(differences.std(unbiased=True)) if n > 1 else 0.0
     return Separation(
-        metric=figures.metric,
-        ablation=ablation,
+        metric=runner.metric.name,
+        ablation=runner.ablation,
         n_prompts=n,
-        clean=float(figures.full.mean()),
-        corrupted=float(figures.empty.mean()),
+        clean=float(reference.full.mean()),
+        corrupted=float(reference.empty.mean()),
         difference=float(differences.mean()),
         spread=spread,
         standard_error=spread / math.sqrt(n),
@@ -300,40 +310,6 @@ def separation(
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _metric_fn(name: str, full_logits: torch.Tensor, chunk: PromptBatch):
-    """logits [n, pos, vocab] -> [n]; "kl" measures against the full model's logits."""
-    fn = get_metric(name, reference_logits=full_logits if name == "kl" else None)
-    return lambda logits: fn(logits, chunk).detach()
-
-
-def _gather(parts: list[torch.Tensor]) -> torch.Tensor:
-    """This rank's per-prompt values, chunk after chunk: [n_local] (CPU, float64)."""
-    if not parts:  # a rank without prompts
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.cat(parts).to("cpu", torch.float64)
-
-
-def _all_prompts(
-    full_parts: list[torch.Tensor],
-    empty_parts: list[torch.Tensor],
-    per_circuit: list[list[torch.Tensor]],
-    per_circuit_kl: list[list[torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Every prompt's values in prompt order, from every rank's chunks: full [N], empty [N],
-    and per circuit its metric [N] and KL [N].
-
-    One all-gather of the columns [full, empty, circuit_1 .. circuit_k, kl_1 .. kl_k] stacked
-    into [n_local, 2 + 2k] (the identity in one process).
-    """
-    k = len(per_circuit)
-    columns = [_gather(full_parts), _gather(empty_parts)]
-    columns += [_gather(parts) for parts in per_circuit]
-    columns += [_gather(parts) for parts in per_circuit_kl]
-    table = all_gather_rows(torch.stack(columns, dim=1))  # [N, 2 + 2k]
-    values = [column.contiguous() for column in table.unbind(dim=1)]
-    return values[0], values[1], values[2 : 2 + k], values[2 + k :]
 
 
 def _evaluation(

@@ -120,7 +120,7 @@ def check_memory(
     """Refuse a prompt count whose estimated memory (``estimate_memory``) exceeds what is free:
     host and device memory together on the CPU, each on its own with a GPU. Unknown sizes or
     free memory: no check."""
-    from acd.attribution import free_memory_bytes
+    from acd.memory import free_memory_bytes
 
     estimate = estimate_memory(n_prompts, tokens, config, batch_size) if config else None
     if estimate is None:

@@ -446,11 +446,11 @@ def test_discover_acdc_and_hybrid(toy):
 def test_a_model_that_cannot_restart_is_refused_by_name(toy, monkeypatch, method):
     """Where a run from a cached residual does not reproduce the clean logits, exact scoring
     and ACDC refuse in one line that names the method, rather than return wrong results."""
-    import acd.attribution as attribution
+    import acd.patching.restart as restart
 
-    real = attribution.run_from_layer
+    real = restart.run_from_layer
     monkeypatch.setattr(
-        attribution, "run_from_layer", lambda *args, **kwargs: real(*args, **kwargs) + 1.0
+        restart, "run_from_layer", lambda *args, **kwargs: real(*args, **kwargs) + 1.0
     )
     model, graph, _ = toy
     batch = acd.load_task("ioi").make_batch(model.tokenizer, 2, 0)

@@ -20,9 +20,11 @@ import torch
 
 import acd.attribution as attribution
 import acd.distributed as distributed
-from acd.attribution import attribute, auto_batch_size, bytes_per_prompt, node_scores
+import acd.memory as memory
+from acd.attribution import attribute, node_scores
 from acd.evaluate import evaluate_circuit
 from acd.graph import ComputeGraph
+from acd.memory import auto_batch_size, bytes_per_prompt
 from acd.models import load_model
 from acd.tasks import PromptBatch
 
@@ -55,17 +57,12 @@ def ragged_batch(n: int, seed: int = 0, width: int = 8) -> PromptBatch:
     pad = torch.arange(width)[None, :] >= lengths[:, None]
     clean[pad], corrupted[pad] = 0, 0
     answers = torch.randint(1, 50, (2, n, 1), generator=generator)
-    ones = torch.ones(n, 1, dtype=torch.bool)
-    return PromptBatch(
-        clean=clean,
-        corrupted=corrupted,
+    return PromptBatch.from_token_ids(
+        clean,
+        corrupted,
         lengths=lengths,
-        score_mask=torch.arange(width)[None, :] == (lengths - 1)[:, None],
-        targets=torch.zeros(n, width, dtype=torch.long),
         correct=answers[0],
-        correct_mask=ones,
         wrong=answers[1],
-        wrong_mask=ones,
         metric="logit_diff",
     )
 
@@ -224,19 +221,19 @@ def test_auto_batch_size_fits_the_buffers_in_a_fraction_of_free_memory(tiny, mon
     assert per_prompt >= 8 * pos * d * (3 * graph.n_src + 2 * graph.n_dst)
     assert bytes_per_prompt(model, graph, pos, "eap-ig", ig_steps=3) > per_prompt
 
-    monkeypatch.setattr(attribution, "free_memory_bytes", lambda device: 4 * 3 * per_prompt)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 4 * 3 * per_prompt)
     assert auto_batch_size(model, graph, batch, "eap") == 3  # a quarter of 12 prompts' worth
     assert auto_batch_size(model, graph, batch, "eap", fraction=0.5) == 6
-    monkeypatch.setattr(attribution, "free_memory_bytes", lambda device: 10)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 10)
     assert auto_batch_size(model, graph, batch, "eap") == 1  # never fewer than one prompt
-    monkeypatch.setattr(attribution, "free_memory_bytes", lambda device: 1 << 50)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 1 << 50)
     assert auto_batch_size(model, graph, batch, "eap") == len(batch)  # never more than all
-    monkeypatch.setattr(attribution, "free_memory_bytes", lambda device: None)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: None)
     assert auto_batch_size(model, graph, batch, "exact") == len(batch)  # unknown: no chunking
 
 
 def test_free_memory_is_read_on_the_cpu():
-    free = attribution.free_memory_bytes("cpu")
+    free = memory.free_memory_bytes("cpu")
     assert free is None or free > 0
 
 
@@ -246,7 +243,7 @@ def test_automatic_chunks_and_source_blocks_do_not_change_scores(tiny, monkeypat
     whole = attribute(model, graph, batch, method, batch_size=len(batch), progress=False)
     per_prompt = bytes_per_prompt(model, graph, batch.clean.shape[1], method)
     # Room for two prompts per chunk, and EAP's difference formed a few sources at a time.
-    monkeypatch.setattr(attribution, "free_memory_bytes", lambda device: 4 * 2 * per_prompt)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 4 * 2 * per_prompt)
     monkeypatch.setattr(attribution, "DIFF_BLOCK_BYTES", 3 * 8 * 2 * batch.clean.shape[1] * 32)
     chunked = attribute(model, graph, batch, method, progress=False)
     scale = float(whole.abs().max())

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import acd.models.load as load_module
+import acd.models.resolve as resolve_module
 from acd.errors import AcdError
 from acd.models import (
     InvalidModelDir,
@@ -269,7 +270,7 @@ def embedded_root(tmp_path, tiny_gpt2_dir, monkeypatch) -> Path:
     root = tmp_path / "embedded"
     shutil.copytree(tiny_gpt2_dir, root / "tiny")
     (root / "not_a_model").mkdir()  # ignored: no config.json
-    monkeypatch.setattr(load_module, "embedded_models_dir", lambda: root)
+    monkeypatch.setattr(resolve_module, "embedded_models_dir", lambda: root)
     return root
 
 
@@ -316,7 +317,7 @@ def assert_one_line(err: Exception) -> str:
 
 def test_offline_hub_name_fails_fast_with_a_hint(tmp_path, monkeypatch):
     """Simulated offline (whatever this machine's network): a clear, immediate error."""
-    monkeypatch.setattr(load_module, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(resolve_module, "_hub_reachable", lambda: False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "no-cache"))
     start = time.monotonic()
     with pytest.raises(ModelNotAvailable) as info:
@@ -346,7 +347,7 @@ def test_hub_name_offline_loads_from_the_hf_cache(tiny_gpt2_dir, tmp_path, monke
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(load_module, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(resolve_module, "_hub_reachable", lambda: False)
 
     model = load_model("acd-tests/tiny-gpt2", device="cpu")
     assert model.source == "hf-cache" and model.name == "acd-tests/tiny-gpt2"
@@ -382,3 +383,65 @@ def test_bad_paths_give_one_line_errors(tmp_path, tiny_gpt2_dir):
         with pytest.raises(InvalidModelDir) as info:
             load_model(spec, device="cpu")
         assert expected in assert_one_line(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running part of the model: blocks_from and logits_to_keep
+
+
+def hf_block_list(model) -> torch.nn.ModuleList:
+    """The list of blocks the wrapped Hugging Face model's forward loops over, found by name."""
+    hf = model.bridge.original_model
+    return hf.transformer.h if hasattr(hf, "transformer") else hf.model.layers
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_blocks_from_keeps_only_the_late_blocks_and_restores_them(tiny_models, kind):
+    model, _ = tiny_models[kind]
+    full = hf_block_list(model)
+    blocks = list(full)
+    n_layers = model.spec.n_layers
+    for layer in range(n_layers + 1):
+        with model.blocks_from(layer):
+            inside = hf_block_list(model)
+            assert len(inside) == n_layers - layer
+            assert all(a is b for a, b in zip(inside, blocks[layer:]))
+        assert hf_block_list(model) is full and list(full) == blocks
+
+
+def test_blocks_from_restores_the_blocks_when_the_body_raises(tiny_models):
+    model, _ = tiny_models["gpt2"]
+    full = hf_block_list(model)
+    with pytest.raises(ZeroDivisionError), model.blocks_from(1):
+        assert len(hf_block_list(model)) == model.spec.n_layers - 1
+        _ = 1 / 0
+    assert hf_block_list(model) is full and len(full) == model.spec.n_layers
+
+
+def test_blocks_from_refuses_a_layer_out_of_range(tiny_models):
+    model, _ = tiny_models["gpt2"]
+    full = hf_block_list(model)
+    for layer in (-1, model.spec.n_layers + 1):
+        with pytest.raises(IndexError), model.blocks_from(layer):
+            pass
+    assert hf_block_list(model) is full
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_run_from_a_late_layer_gives_the_full_logits(tiny_models, kind):
+    """With the residual swapped in at block ``layer``, the late blocks alone give the logits."""
+    model, _ = tiny_models[kind]
+    toks = tokens(vocab=model.spec.d_vocab)
+    layer = model.spec.n_layers - 1
+    name = model.hook_resid_pre(layer)
+    clean = run_and_cache(model, toks, [name])[name]
+    with torch.no_grad():
+        expected = model.bridge(toks)
+        with model.blocks_from(layer):
+            got = model.bridge.run_with_hooks(toks, fwd_hooks=[(name, lambda x, hook: clean)])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_gpt2_accepts_logits_to_keep(tiny_models):
+    model, _ = tiny_models["gpt2"]
+    assert model.accepts_logits_to_keep is True

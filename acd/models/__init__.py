@@ -1,6 +1,6 @@
 """Models: the embedded default(s) shipped as files, local Hugging Face directories, hub names.
 
-``load_model`` is the one way the engine gets a model; see ``acd.models.load`` for the hook
+``load_model`` is the one way the engine gets a model; see ``acd.models.adapter`` for the hook
 vocabulary and docs/models.md for the decisions behind it.
 """
 

@@ -43,6 +43,9 @@ sources with a valid edge into it (``graph.valid``): invalid mask entries are ne
 
 from acd.patching.hooks import HookedRun, HookSlot, destination_hooks, source_hooks
 from acd.patching.restart import (
+    RestartCache,
+    RestartError,
+    check_restarts,
     run_and_collect_residuals,
     run_from_layer,
     run_patched_from_layer,
@@ -54,6 +57,9 @@ __all__ = [
     "ABLATIONS",
     "HookSlot",
     "HookedRun",
+    "RestartCache",
+    "RestartError",
+    "check_restarts",
     "collect_sources",
     "destination_hooks",
     "mean_sources",

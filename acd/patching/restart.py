@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from acd.errors import AcdError
 from acd.patching.hooks import HookedRun, HookSlot, destination_hooks, like, source_hooks
 
 if TYPE_CHECKING:
@@ -147,11 +149,11 @@ def _run_blocks_from(
     """Blocks ``layer`` .. end with ``hooks`` (the first replaces the input with ``residual``);
     logits [batch, pos or k, d_vocab] on ``model.device``, only at ``positions`` if given."""
     kwargs = {}
-    if positions is not None and _accepts_logits_to_keep(model):
+    if positions is not None and model.accepts_logits_to_keep:
         kwargs["logits_to_keep"] = positions.to(model.device)
     # The input only drives the wrapped model (batch size, length, positions) through blocks
     # ``layer`` onward; the earlier blocks are taken out of its list for this call.
-    with torch.no_grad(), _BlocksFrom(model, layer):
+    with torch.no_grad(), model.blocks_from(layer):
         logits = model.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
     logits = logits.to(model.device)  # from the last device of a model split by device_map
     if positions is not None and not kwargs:
@@ -256,38 +258,161 @@ def run_patched_from_layer(
     return _run_blocks_from(model, residual, layer, hooks, positions)
 
 
-def _accepts_logits_to_keep(model: ModelAdapter) -> bool:
-    """Whether the wrapped Hugging Face model can compute logits at chosen positions only."""
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.bridge.original_model.forward).parameters
+# --------------------------------------------------------------------------------------------
+# The restart engine
 
 
-class _BlocksFrom:
-    """Context: blocks 0 .. layer - 1 left out of the wrapped model's list of blocks.
+@dataclass
+class RestartCache:
+    """The starting points of runs from a later block, for some prompts (exact scoring, ACDC).
 
-    The bridge's own ``start_at_layer`` swaps the residual in at block ``layer`` but still runs
-    every earlier block; removing them from the list the Hugging Face forward loops over is
-    what makes a run from a late layer cheap. The list is restored on exit, even on error.
+    A run R of the prompts (the clean run, or the clean run with some edges patched) recorded
+    up to ``length`` positions (the last scored position: causal attention lets nothing later
+    matter): ``residuals`` [n, length, n_layers + 1, d_model] entering every block and the
+    final norm, ``sources`` [n, length, n_src, d_model] R's source outputs, ``patch``
+    [n, length, n_src, d_model] what patched edges carry, and ``clean_at`` [n, k, d_vocab] the
+    *clean* run's logits at ``positions`` [k] (the scored positions, ascending).
+
+    ``run_with_deltas`` patches single edges or nodes into the cached run (exact scores);
+    ``run_with_masks`` patches whole circuits from a block on (ACDC). Both compute logits at
+    the given positions only.
     """
 
-    def __init__(self, model: ModelAdapter, layer: int):
-        self.model, self.layer = model, layer
+    model: ModelAdapter
+    graph: ComputeGraph
+    residuals: torch.Tensor
+    sources: torch.Tensor
+    patch: torch.Tensor
+    clean_at: torch.Tensor
+    positions: torch.Tensor
 
-    def __enter__(self) -> None:
-        self.parent, self.name = _block_list_owner(self.model)
-        self.full = getattr(self.parent, self.name)
-        setattr(self.parent, self.name, torch.nn.ModuleList(list(self.full)[self.layer :]))
+    @classmethod
+    def record(
+        cls,
+        model: ModelAdapter,
+        graph: ComputeGraph,
+        tokens: torch.Tensor,
+        patch: torch.Tensor,
+        positions: torch.Tensor,
+        *,
+        removed: torch.Tensor | None = None,
+        check: str | None = None,
+    ) -> RestartCache:
+        """Record the clean run of ``tokens`` [n, pos] (or, with ``removed`` [n_src, n_dst]
+        bool, the run with those edges patched with ``patch`` [n or 1, pos, n_src, d_model])
+        up to the last of ``positions``.
 
-    def __exit__(self, *exc) -> None:
-        setattr(self.parent, self.name, self.full)
+        ``check``: the name of the method that will restart from this cache; it is refused
+        (AcdError, one line) when a restart from the clean run's cached residual does not
+        reproduce the clean logits of the first prompt (an architecture whose forward does not
+        loop over its block list as expected).
+        """
+        length = int(positions[-1]) + 1
+        tokens, patch = tokens[:, :length], patch[:, :length]
+        logits, sources, residuals = run_and_collect_residuals(model, graph, tokens)
+        if check is not None:
+            check_restarts(model, graph, residuals[:1], logits[:1], method=check)
+        if removed is not None and bool(removed.any()):
+            _, sources, residuals = run_and_collect_residuals(
+                model, graph, tokens, patch_mask=removed, patch_sources=patch
+            )
+        return cls(model, graph, residuals, sources, patch, logits[:, positions], positions)
+
+    @classmethod
+    def cat(cls, caches: list[RestartCache]) -> RestartCache:
+        """One cache of the prompts of ``caches`` (all recorded at the same positions)."""
+        first = caches[0]
+        joined = {
+            name: torch.cat([getattr(c, name) for c in caches])
+            for name in ("residuals", "sources", "patch", "clean_at")
+        }
+        return cls(first.model, first.graph, positions=first.positions, **joined)
+
+    def __len__(self) -> int:
+        return len(self.residuals)
+
+    def run_with_deltas(
+        self,
+        layer: int,
+        prompt: torch.Tensor,
+        src: torch.Tensor,
+        dst_mask: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Row r: prompt ``prompt[r]`` with source ``src[r]`` patched into the destinations
+        ``dst_mask[r]`` [n_dst] bool (one for an edge, all of its valid ones for a node), rerun
+        from block ``layer`` (``run_from_layer``). Exact for the clean run only (nothing
+        upstream of a destination changes, so the delta is patch - clean z).
+
+        Args: prompt, src [R]; dst_mask [R, n_dst]; positions [k'] ascending, a subset of the
+        cache's. Returns logits [R, k', d_vocab].
+        """
+        device = self.model.device
+        length = int(positions[-1]) + 1
+        p, s = prompt.to(device), src.to(device)
+        deltas = self.patch[p, :length, s] - self.sources[p, :length, s]  # [R, length, d]
+        return run_from_layer(
+            self.model,
+            self.graph,
+            self.residuals[p, :length, layer],
+            layer,
+            deltas,
+            dst_mask,
+            positions=positions,
+        )
+
+    def run_with_masks(self, layer: int, masks: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """Row r: prompt ``prompt[r]`` with the edges ``masks[r]`` [n_src, n_dst] patched, from
+        block ``layer`` on (``run_patched_from_layer``: only destinations of block ``layer`` or
+        later may differ from the cached run's own patches).
+
+        Args: masks [R, n_src, n_dst] bool; prompt [R]. Returns logits [R, k, d_vocab] at the
+        cache's positions.
+        """
+        graph, device = self.graph, self.model.device
+        p = prompt.to(device)
+        # Only the sources before block ``layer`` are read from the cache: gather just those.
+        n_prefix = graph.src_layer_slice(layer).start if layer < graph.n_layers else graph.n_src
+        return run_patched_from_layer(
+            self.model,
+            graph,
+            self.residuals[p, :, layer],
+            layer,
+            masks.to(device),
+            self.patch[p],
+            self.sources[:, :, :n_prefix][p],
+            positions=self.positions,
+        )
 
 
-def _block_list_owner(model: ModelAdapter) -> tuple[torch.nn.Module, str]:
-    """The module (and attribute name) holding the wrapped model's list of blocks."""
-    first = model.bridge.blocks[0]
-    for module in model.bridge.original_model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.ModuleList) and len(child) and child[0] is first:
-                return module, name
-    raise RuntimeError("cannot find the wrapped model's list of transformer blocks")
+def check_restarts(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    residuals: torch.Tensor,
+    clean_logits: torch.Tensor,
+    *,
+    method: str = "exact scoring",
+) -> None:
+    """Refuse ``method`` (exact scoring, ACDC) where a run from a cached residual does not
+    reproduce the clean logits (an architecture whose forward does not loop over its block list
+    as expected).
+
+    Args: residuals [1, pos, n_layers + 1, d_model] and clean_logits [1, pos, d_vocab] of one
+    prompt.
+    """
+    exact = model.dtype in (torch.float32, torch.float64)
+    tolerance = (1e-3 if exact else 5e-2) * (1 + float(clean_logits.abs().max()))
+    no_patch = torch.zeros(1, graph.n_dst, dtype=torch.bool)
+    for layer in range(graph.n_layers + 1):
+        residual = residuals[:, :, layer]
+        logits = run_from_layer(model, graph, residual, layer, torch.zeros_like(residual), no_patch)
+        error = float((logits - clean_logits).abs().max())
+        if not error <= tolerance:
+            raise RestartError(
+                f"{method} cannot restart {model.name!r} at block {layer}: the logits "
+                f"differ from the full forward's by {error:.3g}; use method='eap' or 'eap-ig'"
+            )
+
+
+class RestartError(AcdError, ValueError):
+    """A model whose runs from a cached residual do not reproduce its forward."""
