@@ -125,6 +125,7 @@ def acdc(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
+    runner: PromptRunner | None = None,
 ) -> AcdcResult:
     """Run ACDC on the prompts of ``batch`` (module docstring).
 
@@ -146,20 +147,25 @@ def acdc(
             search deletes the file.
         on_progress: called as ``on_progress(visited, total, kept)`` after each destination
             (after its checkpoint is written).
+        runner: a PromptRunner over ``batch`` to reuse (its chunks and patch values; with this
+            search's metric, ``PromptRunner.with_metric``) instead of building one;
+            ``metric``, ``ablation`` and ``batch_size`` are then the runner's.
 
     Returns: AcdcResult.
     """
     start = time.perf_counter()
     tau = _check_arguments(tau, rows_per_forward)
-    runner = PromptRunner(
-        model,
-        graph,
-        batch,
-        metric=metric,
-        ablation=ablation,
-        batch_size=batch_size,
-        error=AcdcError,
-    )
+    if runner is None:
+        runner = PromptRunner(
+            model,
+            graph,
+            batch,
+            metric=metric,
+            ablation=ablation,
+            batch_size=batch_size,
+            error=AcdcError,
+        )
+    ablation, batch_size = runner.ablation, runner.batch_size
     initial = _initial_circuit(graph, candidates)
     state = _SearchState.fresh(graph, initial, accumulator_dtype(model))
     header = None

@@ -249,8 +249,11 @@ def _gradient_scores(
     for i, chunk in enumerate(runner.chunks):
         # KL needs the clean logits before the gradient runs (the runner keeps them).
         metric_fn = runner.bind(i)
-        # The clean end of the path (k = m) is the plain clean run: all that EAP needs.
-        _, clean_sources, grads = run_with_gradients(model, graph, chunk.clean, metric_fn)
+
+        # The clean end of the path (k = m) is the plain clean run: all that EAP needs. Its
+        # logits are the later stages' clean logits (the gate's, the evaluation's), for free.
+        clean_metric = _remembering(runner, i, metric_fn)
+        _, clean_sources, grads = run_with_gradients(model, graph, chunk.clean, clean_metric)
         bar.update(1)
         patch = runner.patch(i)
         if steps > 1:
@@ -261,6 +264,18 @@ def _gradient_scores(
         _add_edge_products(total, patch, clean_sources, grads)
     bar.close()
     return total.cpu()
+
+
+def _remembering(
+    runner: PromptRunner, i: int, metric_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``metric_fn`` that also hands chunk ``i``'s clean logits to the runner."""
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        runner.remember_clean(i, logits)
+        return metric_fn(logits)
+
+    return metric
 
 
 def _add_edge_products(

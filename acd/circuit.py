@@ -4,6 +4,11 @@ A circuit is a set of kept edges of a ComputeGraph, with the scores every valid 
 the metrics measured on it, and where it came from (task, model, method, parameters, seed).
 Masks and scores are dense [n_src, n_dst] tensors; ``edges`` and ``edge_scores`` are views
 by name.
+
+This module knows no file format: the writers and readers live in ``acd.export``, which imports
+it. ``save``, ``summary_markdown`` and ``to_networkx`` are thin conveniences over them for the
+callers that use them (``acd.cli``, the README); they import ``acd.export`` when called, so the
+import goes one way.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from acd.graph import ComputeGraph
+from acd.methods import Method, Selection, method_from_params, selection_from_params
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import networkx as nx
 
-    from acd.export import SavedFiles
+    from acd.export.save import SavedFiles
     from acd.heldout import PromptSplit, TaskSource
 
 # The packages whose versions a circuit records (see ``package_versions``).
@@ -115,6 +121,19 @@ class Circuit:
         return None
 
     @property
+    def method_spec(self) -> Method:
+        """The method object (acd.methods) this circuit was found with, rebuilt from
+        ``method`` and ``params`` (so ``acd.discover(..., method=circuit.method_spec)`` runs
+        it again); parameters an older file lacks get their defaults."""
+        return method_from_params(self.method, self.params)
+
+    @property
+    def selection_spec(self) -> Selection | None:
+        """The selection object (acd.methods) of a scoring method's circuit; None for a
+        search's (ACDC, hybrid), which chose its edges itself."""
+        return selection_from_params(self.params)
+
+    @property
     def edges(self) -> list[tuple[str, str]]:
         """Kept edges by name, e.g. ``[("a0.h1", "a2.h3<k>"), ...]``, in index order."""
         return self.graph.edge_names(self.mask)
@@ -132,11 +151,13 @@ class Circuit:
 
     @property
     def nodes(self) -> list[str]:
-        """Nodes touched by a kept edge: sources and destination nodes, in graph order."""
-        used = {src for src, _ in self.edges} | {
-            self.graph.destinations[j].node for j in self.mask.any(dim=0).nonzero().flatten()
-        }
-        return [n for n in self.graph.nodes if n in used]
+        """Nodes touched by a kept edge: sources and the nodes the ports are named after (a
+        GQA k/v port's kv group), in graph order."""
+        graph = self.graph
+        used = torch.zeros(graph.n_nodes, dtype=torch.bool)
+        used[graph.src_node_ids[self.mask.any(dim=1)]] = True
+        used[graph.dst_node_ids[self.mask.any(dim=0)]] = True
+        return [graph.nodes[i] for i in used.nonzero().flatten().tolist()]
 
     def save(
         self, out_dir: str | Path, *, formats: tuple[str, ...] = ("svg",), max_edges: int = 300
@@ -144,19 +165,22 @@ class Circuit:
         """Write circuit.json, circuit.graphml, circuit.nodelink.json, summary.md, circuit.dot
         and the diagram (``formats``: svg, png, pdf) into ``out_dir``; see
         ``acd.export.save_circuit``. Returns the paths written and a note or None."""
+        # Looked up in acd.export at call time: acd.export imports this module (and tests
+        # replace acd.export.save_circuit).
         from acd.export import save_circuit
 
         return save_circuit(self, out_dir, formats=formats, max_edges=max_edges)
 
     def summary_markdown(self) -> str:
-        """The summary.md text: what was run, size, faithfulness, time, top edges."""
-        from acd.export import summary_markdown
+        """The summary.md text: what was run, size, faithfulness, time, top edges (see
+        ``acd.export.summary_markdown``)."""
+        from acd.export import summary_markdown  # at call time: acd.export imports this module
 
         return summary_markdown(self)
 
     def to_networkx(self) -> nx.MultiDiGraph:
         """The kept edges as a networkx MultiDiGraph (see ``acd.export.to_networkx``)."""
-        from acd.export import to_networkx  # acd.export imports this module
+        from acd.export import to_networkx  # at call time: acd.export imports this module
 
         return to_networkx(self)
 

@@ -65,27 +65,20 @@ def compare(graph: ComputeGraph, candidate: torch.Tensor, reference: torch.Tenso
     return Comparison(int(ref.sum()), n_cand, *edge, edge_auc, *node, node_auc)
 
 
-def _node_endpoints(graph: ComputeGraph) -> tuple[list[int], list[int]]:
-    """Node index (into graph.nodes) of every source and of every destination's node."""
-    index = {name: i for i, name in enumerate(graph.nodes)}
-    return [index[n.name] for n in graph.sources], [index[p.node] for p in graph.destinations]
-
-
 def _node_mask(graph: ComputeGraph, edges: torch.Tensor) -> torch.Tensor:
-    """[n_nodes] bool: the nodes an edge of ``edges`` [n_src, n_dst] starts or ends at."""
-    src_node, dst_node = _node_endpoints(graph)
+    """[n_nodes] bool: the nodes an edge of ``edges`` [n_src, n_dst] starts or ends at (the
+    node a port is named after: a GQA k/v port's kv group)."""
     nodes = torch.zeros(graph.n_nodes, dtype=torch.bool)
-    nodes[torch.tensor(src_node)[edges.any(dim=1)]] = True
-    nodes[torch.tensor(dst_node)[edges.any(dim=0)]] = True
+    nodes[graph.src_node_ids[edges.any(dim=1)]] = True
+    nodes[graph.dst_node_ids[edges.any(dim=0)]] = True
     return nodes
 
 
 def _node_scores(graph: ComputeGraph, scores: torch.Tensor) -> torch.Tensor:
     """[n_nodes]: the largest |score| of the edges touching each node (scores [n_src, n_dst])."""
-    src_node, dst_node = _node_endpoints(graph)
     out = torch.zeros(graph.n_nodes, dtype=scores.dtype)
-    out.scatter_reduce_(0, torch.tensor(src_node), scores.amax(dim=1), reduce="amax")
-    out.scatter_reduce_(0, torch.tensor(dst_node), scores.amax(dim=0), reduce="amax")
+    out.scatter_reduce_(0, graph.src_node_ids, scores.amax(dim=1), reduce="amax")
+    out.scatter_reduce_(0, graph.dst_node_ids, scores.amax(dim=0), reduce="amax")
     return out
 
 

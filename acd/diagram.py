@@ -50,7 +50,7 @@ from html import escape as _html_escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from acd.atomic import atomic_paths
+from acd.atomic import atomic_paths, atomic_write
 from acd.errors import AcdError
 
 if TYPE_CHECKING:
@@ -182,24 +182,25 @@ def _magnitude(score: float) -> float:
 
 
 def _touched_nodes(graph: ComputeGraph, edges: Iterable[_Edge]) -> list[str]:
-    """Names of the nodes the edges touch, in graph order."""
+    """Names of the nodes the edges touch (a port's node: a GQA k/v port's kv group), in
+    graph order."""
     used = set()
     for edge in edges:
-        used.add(graph.sources[edge.src].name)
-        used.add(graph.destinations[edge.dst].node)
-    return [n for n in graph.nodes if n in used]
+        used.add(int(graph.src_node_ids[edge.src]))
+        used.add(int(graph.dst_node_ids[edge.dst]))
+    return [graph.nodes[i] for i in sorted(used)]
 
 
 def _row_position(graph: ComputeGraph, name: str) -> int:
     """The node's row in forward-pass order: input 0, attention l at 1 + 2l, MLP l at 2 + 2l
     (1 + 2l, the attention row, for a parallel block), logits 2L + 1."""
-    if name == "input":
+    node = graph.node(name)
+    if node.kind == "input":
         return 0
-    if name == "logits":
+    if node.kind == "logits":
         return 2 * graph.n_layers + 1
-    layer = int(name[1:].split(".")[0])  # "a5.h1", "a3.g0", "m3"
-    sequential_mlp = name.startswith("m") and not graph.shape.parallel_attn_mlp
-    return 1 + 2 * layer + (1 if sequential_mlp else 0)
+    sequential_mlp = node.kind == "mlp" and not graph.shape.parallel_attn_mlp
+    return 1 + 2 * node.layer + (1 if sequential_mlp else 0)
 
 
 def _row_title(graph: ComputeGraph, position: int) -> str:
@@ -245,17 +246,17 @@ def _axis_statements(rows: list[tuple[str, list[str]]]) -> list[str]:
 
 def _node_attrs(graph: ComputeGraph, name: str, used_ports: set[tuple[str, str]]) -> str:
     """DOT attributes of one node: shape, fill and label by kind."""
-    if name in ("input", "logits"):
+    node = graph.node(name)
+    if node.kind in ("input", "logits"):
         return _attrs(
             shape="ellipse", style="filled", fillcolor=_END_FILL, label=name, fontsize="12"
         )
-    if name.startswith("m"):
+    if node.kind == "mlp":
         return _attrs(shape="box", style="rounded,filled", fillcolor=_MLP_FILL, label=name)
     grouped = graph.n_kv_heads != graph.n_heads
-    if ".g" in name:  # a GQA key/value group, a{l}.g{g}
-        group = int(name.split(".g")[1])
-        per = graph.n_heads // graph.n_kv_heads
-        heads = f"h{group * per}-h{group * per + per - 1}" if per > 1 else f"h{group * per}"
+    if node.kind == "kv_group":  # a GQA key/value group, a{l}.g{g}
+        first, last = node.heads[0], node.heads[-1]
+        heads = f"h{first}-h{last}" if len(node.heads) > 1 else f"h{first}"
         title = f"{name} · {heads}"
         return "shape=none, margin=0, label=" + _port_table(
             name, title, ("k", "v"), used_ports, _GROUP_FILL
@@ -444,8 +445,7 @@ def write_diagram(
     stem = Path(stem)
     source = circuit_dot(circuit, max_edges=max_edges).encode("utf-8")
     dot_path = stem.with_name(stem.name + ".dot")
-    with atomic_paths([dot_path]) as (tmp,):
-        tmp.write_bytes(source)
+    atomic_write(dot_path, source)
     if not wanted:
         return DiagramResult([dot_path])
 

@@ -13,77 +13,104 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from acd.acdc import ROWS_PER_FORWARD, acdc
-from acd.attribution import METHODS, attribute
 from acd.circuit import Circuit
 from acd.errors import AcdError, AcdWarning
-from acd.evaluate import evaluate_circuit, separation
+from acd.evaluate import evaluate_with, separation_of
 from acd.graph import ComputeGraph
 from acd.heldout import available_prompts, discovery_split, resolve_prompts, task_source
+from acd.methods import (
+    ACDC,
+    EAP,
+    EAPIG,
+    Hybrid,
+    Method,
+    Selection,
+    checked_method,
+    checked_selection,
+    default_edges,
+)
+from acd.metrics import METRICS
 from acd.models import ModelAdapter, load_model, weights_sha256
 from acd.patching import ABLATIONS
-from acd.search import (
-    SELECTIONS,
-    prune_dangling,
-    select_greedy,
-    select_threshold,
-    select_topn,
-)
-from acd.tasks import PromptBatch, Task, load_task
+from acd.runner import PromptRunner
+from acd.search import prune_dangling
+from acd.tasks import Task, load_task
 
-SEARCH_METHODS = ("acdc", "hybrid")
-HYBRID_SCORING = ("eap-ig", "eap")
+__all__ = ["RunConfig", "default_edges", "discover"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a discovery runs, as opposed to what it finds (that is the method and selection).
+
+    Args:
+        metric: what the scores (of eap, eap-ig, exact) and the evaluation measure; default
+            the task's own metric. A search (ACDC, Hybrid) decides with its own ``metric``
+            (default ``kl``); the circuit is still evaluated with this one.
+        ablation: what removed edges carry: ``corrupted`` (default), ``zero`` or ``mean``.
+        batch_size: prompts per forward pass, in every stage; default auto-sized to the free
+            memory (acd.memory). Never changes a result.
+        device, dtype: where and in what precision a model given by name is loaded.
+        progress: show progress bars.
+        force: score even when the sanity gate fails (``discover``).
+    """
+
+    metric: str | None = None
+    ablation: str = "corrupted"
+    batch_size: int | None = None
+    device: str | None = None
+    dtype: str | torch.dtype | None = None
+    progress: bool = True
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ablation not in ABLATIONS:
+            known = ", ".join(ABLATIONS)
+            raise AcdError(f"unknown ablation {self.ablation!r}; choose one of {known}")
+        if self.metric is not None and self.metric != "task" and self.metric not in METRICS:
+            known = ", ".join(METRICS)
+            raise AcdError(f"unknown metric {self.metric!r}; choose one of {known}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+        ):
+            raise AcdError(f"batch_size must be an integer, got {self.batch_size!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise AcdError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
 def discover(
     task: str | Task,
     model: str | ModelAdapter = "toy",
     *,
-    method: str = "eap-ig",
-    edges: int | None = None,
-    selection: str = "topn",
-    threshold: float | None = None,
+    method: str | Method = "eap-ig",
+    select: str | Selection | None = None,
     prune: bool = True,
     prompts: int | None = None,
     seed: int = 0,
-    metric: str | None = None,
-    ablation: str = "corrupted",
-    absolute: bool = True,
-    batch_size: int | None = None,
-    ig_steps: int = 5,
-    device: str | None = None,
-    dtype: str | torch.dtype | None = None,
-    progress: bool = True,
-    tau: float | None = None,
-    candidates: int | None = None,
-    scoring: str = "eap-ig",
-    checkpoint: str | Path | None = None,
-    rows_per_forward: int = ROWS_PER_FORWARD,
-    force: bool = False,
+    run: RunConfig | None = None,
 ) -> Circuit:
     """Find the circuit of ``task`` in ``model``: score every edge, select, prune, evaluate.
 
     Args:
         task: a shipped task name, a path to a task file, or a Task.
         model: the embedded model's name, a local HF directory, a hub name, or a loaded model.
-        method: edge scores, ``eap``, ``eap-ig`` or ``exact`` (see acd.attribution), followed by
-            ``selection``; or a search that decides the circuit's size itself: ``acdc`` (ACDC
-            over every edge, acd.acdc) or ``hybrid`` (ACDC over the ``candidates`` edges with
-            the largest |``scoring``| scores, every other edge removed from the start).
-        edges: how many edges to select (by |score| when ``absolute``, else by signed score);
-            default ``default_edges(graph)``: 5 % of the graph's edges, at most 200 (23 on
-            the embedded model, 200 on GPT-2 small). Not used by ``acdc``/``hybrid``.
-        selection: ``topn`` (the best ``edges`` edges), ``greedy`` (grown from the logits
-            backwards, ``edges`` of them) or ``threshold`` (every edge scoring at least
-            ``threshold``); see acd.search. Not used by ``acdc``/``hybrid``.
+        method: a method object or its name (acd.methods): ``EAP()``, ``EAPIG(steps=5)``
+            (``"eap-ig"``, the default) or ``Exact()`` score every edge and ``select`` keeps
+            some; ``ACDC(tau)`` or ``Hybrid(tau, candidates=K, scoring=EAPIG())`` decide the
+            circuit's size themselves (ACDC over every edge, or over the K edges with the
+            largest |scoring| scores, every other edge removed from the start).
+        select: for a scoring method, a selection object or its name: ``TopN(n)`` (default;
+            ``n`` None: ``default_edges(graph)``, 5 % of the edges, at most 200),
+            ``Greedy(n)`` (grown from the logits backwards) or ``Threshold(t)`` (every edge
+            scoring at least ``t``); by |score| unless ``absolute=False`` (acd.search).
+            Refused with a search.
         prune: drop the selected edges that lie on no input -> logits path, so a circuit may
-            keep fewer than ``edges`` edges (``metrics["n_selected"]`` says how many were
+            keep fewer edges than selected (``metrics["n_selected"]`` says how many were
             selected). With corrupted patching this changes no output: a source whose inputs
             are all patched emits its corrupted value anyway. Under zero or mean ablation such
             a source emits what its ablated inputs make of it, so pruning can move the metric.
@@ -92,51 +119,32 @@ def discover(
             are split first (``acd.heldout``): one in four is held out for ``acd evaluate``
             and discovery draws from the others; a file of fewer than 20 rows is used whole
             and the circuit says it is in-sample (``prompt_split``).
-        metric: what the scores and the evaluation measure; default the task's own metric.
-            For ``acdc``/``hybrid`` the search's metric, default ``kl`` (KL(full model ||
-            circuit)); the evaluation then uses ``metric`` if given, else the task's metric.
-            ``params["metric"]`` records the scores' (the search's) metric; for
-            ``acdc``/``hybrid``, ``params["evaluation_metric"]`` records the evaluation's
-            (``Circuit.evaluation_metric``, what ``acd evaluate`` re-evaluates with).
-        ablation: what removed edges carry: ``corrupted`` (default), ``zero`` or ``mean``.
-        batch_size: prompts per forward pass (default: all at once).
-        ig_steps: interpolation steps for ``eap-ig`` (also as ``hybrid``'s scoring).
-        tau: ``acdc``/``hybrid`` only, required, >= 0: an edge is removed when removing it
-            raises KL by less than ``tau`` (``kl``) or moves a task metric by less than ``tau``.
-        candidates: ``hybrid`` only, required: K, the number of top-scoring edges ACDC tests
-            (1 .. the graph's edge count).
-        scoring: ``hybrid`` only: the attribution that picks the candidates, ``eap-ig``
-            (default) or ``eap``.
-        rows_per_forward: ``acdc``/``hybrid`` only: (circuit, prompt) rows one forward carries
-            (acd.acdc; raise it on a GPU, where a wide forward costs about as much as a
-            narrow one).
-        checkpoint: ``acdc``/``hybrid`` only: a JSON file the search saves its progress to
-            after each destination and resumes from, if it was written for the same weights,
-            dtype, device kind, prompts and search parameters (else AcdError); the finished
-            search deletes it (acd.acdc).
-        force: score even when the sanity gate fails. Before scoring, discover measures the
-            evaluation metric on the clean prompts and on the corrupted ones (the empty
-            circuit) and raises AcdError when their mean difference is both within 2 standard
-            errors of 0 and under 0.2 standard deviations of the per-prompt differences
-            (``acd.evaluate.Separation``): the model does not do the task, and faithfulness
-            would divide by noise. With ``force`` it warns (AcdWarning) instead.
+        run: RunConfig (metric, ablation, batch_size, device, dtype, progress, force).
+
+    Before scoring (for ``eap`` and ``eap-ig``, whose scoring runs are the same clean and
+    corrupted forwards, just after it), discover measures the evaluation metric on the clean
+    prompts and on the corrupted ones (the empty circuit) and raises AcdError when their mean
+    difference is both within 2 standard errors of 0 and under 0.2 standard deviations of the
+    per-prompt differences (``acd.evaluate.Separation``): the model does not do the task, and
+    faithfulness would divide by noise. With ``run.force`` it warns (AcdWarning) instead.
+    Those reference runs are kept (acd.runner): scoring reuses the patch values, and the
+    evaluation reuses the full and empty circuits' figures, so the evaluation costs one
+    patched forward per chunk.
 
     Returns: a Circuit whose ``edges``, ``edge_scores`` (every valid edge) and
-    ``metrics["faithfulness"]`` are filled. For ``acdc``/``hybrid`` the scores are ACDC's
-    deltas: M(circuit without the edge) - M(circuit) when the edge was tested (for ``kl`` the
-    KL increase; removed edges have deltas below ``tau``), 0 for edges never tested.
+    ``metrics["faithfulness"]`` are filled. ``params`` records the method's and selection's
+    parameters, the prompts, the ablation, the search metric (``metric``) and the evaluation
+    metric (``evaluation_metric``, what ``acd evaluate`` re-evaluates with). For a search the
+    scores are ACDC's deltas: M(circuit without the edge) - M(circuit) when the edge was tested
+    (for ``kl`` the KL increase; removed edges have deltas below ``tau``), 0 for edges never
+    tested.
     """
-    check_arguments(
-        method,
-        selection=selection,
-        threshold=threshold,
-        tau=tau,
-        candidates=candidates,
-        scoring=scoring,
-        metric=metric,
-        ablation=ablation,
-    )
-    searching = method in SEARCH_METHODS
+    run = run or RunConfig()
+    method = checked_method(method)
+    searching = isinstance(method, ACDC)
+    if searching and select is not None:
+        raise AcdError(f"method {method.name!r} decides the circuit itself: give no select=")
+    selection = None if searching else checked_selection(select)
     start = time.perf_counter()
     # The task first: reading it is cheap, and a mistake in it should not wait for the model.
     if not isinstance(task, Task):
@@ -148,87 +156,55 @@ def discover(
     if split.generated:
         split = replace(split, discovery=prompts)
     if not isinstance(model, ModelAdapter):
-        model = load_model(model, device=device, dtype=dtype)
+        model = load_model(model, device=run.device, dtype=run.dtype)
     graph = ComputeGraph.from_model(model)
-    if not searching and selection != "threshold":
-        edges = default_edges(graph) if edges is None else edges
-        if not 0 <= edges <= graph.n_edges:  # before the expensive scoring, not after
-            raise AcdError(
-                f"cannot keep {edges} edges: the graph has {graph.n_edges} "
-                f"(choose 0..{graph.n_edges})"
-            )
-    if method == "hybrid" and not 1 <= candidates <= graph.n_edges:
-        raise AcdError(
-            f"candidates must be between 1 and the graph's {graph.n_edges} edges, got {candidates}"
-        )
+    if selection is not None:
+        selection = selection.sized(graph)  # before the expensive scoring, not after
+    if isinstance(method, Hybrid):
+        method.check_graph(graph)
     batch = drawn_from.make_batch(model.tokenizer, prompts, seed).to(model.device)
-    # What the attribution scores (eap, eap-ig, exact) and the circuit is evaluated with; a
-    # search (acdc, hybrid) decides with its own metric, ``metric`` or KL.
-    evaluation_metric = metric or task.metric
-    _sanity_gate(model, graph, batch, task.name, evaluation_metric, ablation, batch_size, force)
-    params: dict[str, Any]
-
-    if searching:
-        scores, selected, search_params = _search(
-            model,
-            graph,
-            batch,
-            method,
-            tau,
-            candidates,
-            scoring,
-            metric,
-            ablation,
-            batch_size,
-            ig_steps,
-            progress,
-            checkpoint,
-            rows_per_forward,
-        )
-        params = {"prompts": prompts, **search_params, "ablation": ablation}
-    else:
-        scores = attribute(
-            model,
-            graph,
-            batch,
-            method=method,
-            metric=evaluation_metric,
-            ablation=ablation,
-            batch_size=batch_size,
-            ig_steps=ig_steps,
-            progress=progress,
-        )
-        if selection == "topn":
-            selected = select_topn(scores, graph.valid, edges, absolute=absolute)
-        elif selection == "greedy":
-            selected = select_greedy(scores, graph, edges, absolute=absolute)
-        else:
-            selected = select_threshold(scores, graph.valid, threshold, absolute=absolute)
-        params = {
-            "edges": edges,
-            "prompts": prompts,
-            "metric": evaluation_metric,
-            "ablation": ablation,
-            "selection": selection,
-            "absolute": absolute,
-        }
-        if method == "eap-ig":
-            params["ig_steps"] = ig_steps
-        if selection == "threshold":
-            params["threshold"] = threshold
-    params.update({"prune": prune, "batch_size": batch_size, "d_model": model.spec.d_model})
-    if searching:  # params["metric"] is the search's; acd evaluate re-evaluates with this one
-        params["evaluation_metric"] = evaluation_metric
-    mask = prune_dangling(selected, graph) if prune else selected
-    evaluation = evaluate_circuit(
+    evaluation_metric = run.metric or task.metric
+    runner = PromptRunner(
         model,
         graph,
         batch,
-        mask,
         metric=evaluation_metric,
-        ablation=ablation,
-        batch_size=batch_size,
+        ablation=run.ablation,
+        batch_size=run.batch_size,
+        method=method.memory_kind,
+        ig_steps=method.steps if isinstance(method, EAPIG) else 5,
     )
+    # EAP's and EAP-IG's own runs are the gate's (the clean and corrupted forwards): for them
+    # the gate comes after scoring at no cost; before the costlier methods, it saves them.
+    gate_first = not isinstance(method, (EAP, EAPIG))
+    if gate_first:
+        _sanity_gate(runner, task.name, run.force)
+
+    params: dict[str, Any] = {"prompts": prompts}
+    if searching:
+        result = method.search(runner, batch, progress=run.progress)
+        scores, selected = result.scores, result.mask
+        params.update(result.params)
+    else:
+        scores = method.score(runner, progress=run.progress)
+        if not gate_first:
+            _sanity_gate(runner, task.name, run.force)
+        selected = selection.select(scores, graph)
+        params.update(selection.params())
+        params["metric"] = evaluation_metric
+        params.update(method.params())
+    params.update(
+        {
+            "ablation": run.ablation,
+            "prune": prune,
+            "batch_size": run.batch_size,
+            "d_model": model.spec.d_model,
+            # params["metric"] is the scores' (a search's own); acd evaluate uses this one.
+            "evaluation_metric": evaluation_metric,
+        }
+    )
+    mask = prune_dangling(selected, graph) if prune else selected
+    evaluation = evaluate_with(runner, mask.unsqueeze(0))[0]
     metrics = evaluation.summary()
     metrics["n_selected"] = int(selected.sum())
     metrics["seconds"] = round(time.perf_counter() - start, 3)
@@ -238,7 +214,7 @@ def discover(
         scores=scores,
         task=task.name,
         model=model.name,
-        method=method,
+        method=method.name,
         params=params,
         seed=seed,
         metrics=metrics,
@@ -248,132 +224,14 @@ def discover(
     )
 
 
-def _sanity_gate(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    batch: PromptBatch,
-    task_name: str,
-    metric: str,
-    ablation: str,
-    batch_size: int | None,
-    force: bool,
-) -> None:
+def _sanity_gate(runner: PromptRunner, task_name: str, force: bool) -> None:
     """Refuse (AcdError) or, with ``force``, warn when the model's metric on the clean prompts
-    is not separated from the corrupted ones (``acd.evaluate.Separation``)."""
-    gap = separation(model, graph, batch, metric=metric, ablation=ablation, batch_size=batch_size)
+    is not separated from the corrupted ones (``acd.evaluate.Separation``). Its runs are the
+    evaluation's reference runs, kept by the runner."""
+    gap = separation_of(runner)
     if gap.separated:
         return
     if not force:
         raise AcdError(gap.message(task_name))
     message = gap.message(task_name).replace(", or pass --force", "; scoring anyway (force)")
     warnings.warn(message, AcdWarning, stacklevel=3)  # reported at discover's caller
-
-
-def default_edges(graph: ComputeGraph) -> int:
-    """The circuit size ``discover`` keeps when given none: 5 % of the valid edges, at most
-    200 — small enough to read as a diagram, large enough for the embedded model's tasks
-    (docs/results.md: faithfulness >= 0.9 at 5 %)."""
-    return min(200, max(1, graph.n_edges // 20))
-
-
-def check_arguments(
-    method: str,
-    *,
-    selection: str = "topn",
-    threshold: float | None = None,
-    tau: float | None = None,
-    candidates: int | None = None,
-    scoring: str = "eap-ig",
-    metric: str | None = None,
-    ablation: str = "corrupted",
-) -> None:
-    """Refuse (AcdError, one line) ``discover`` arguments that cannot work, before anything is
-    loaded; the command line calls it before it loads the model."""
-    if method not in METHODS and method not in SEARCH_METHODS:
-        known = ", ".join([*METHODS, *SEARCH_METHODS])
-        raise AcdError(f"unknown method {method!r}; choose one of {known}")
-    if method in SEARCH_METHODS:
-        _check_search_arguments(method, tau, candidates, scoring, metric)
-    elif selection not in SELECTIONS:
-        raise AcdError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
-    elif selection == "threshold" and threshold is None:
-        raise AcdError("selection 'threshold' needs threshold=")
-    if ablation not in ABLATIONS:
-        raise AcdError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
-
-
-def _check_search_arguments(
-    method: str, tau: float | None, candidates: int | None, scoring: str, metric: str | None
-) -> None:
-    """Refuse ``acdc``/``hybrid`` arguments that cannot work, before loading anything."""
-    if tau is None:
-        raise AcdError(f"method {method!r} needs tau= (the removal threshold, >= 0)")
-    if not float(tau) >= 0:  # also refuses NaN
-        raise AcdError(f"tau must be >= 0, got {tau}")
-    if method != "hybrid":
-        return
-    if candidates is None:
-        raise AcdError("method 'hybrid' needs candidates= (how many top-scoring edges to test)")
-    if scoring not in HYBRID_SCORING:
-        known = ", ".join(HYBRID_SCORING)
-        raise AcdError(f"unknown scoring {scoring!r} for 'hybrid'; choose one of {known}")
-    if scoring == "eap" and (metric or "kl") == "kl":
-        # EAP's gradient of KL at the clean run is zero: the top-K would be arbitrary.
-        raise AcdError("scoring 'eap' with metric 'kl' gives all-zero scores; use 'eap-ig'")
-
-
-def _search(
-    model: ModelAdapter,
-    graph: ComputeGraph,
-    batch: PromptBatch,
-    method: str,
-    tau: float,
-    candidates: int | None,
-    scoring: str,
-    metric: str | None,
-    ablation: str,
-    batch_size: int | None,
-    ig_steps: int,
-    progress: bool,
-    checkpoint: str | Path | None,
-    rows_per_forward: int,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """ACDC, over every edge (``acdc``) or the top ``candidates`` by |scoring| (``hybrid``).
-
-    Returns: ACDC's deltas [n_src, n_dst] (the circuit's scores), the kept edges
-    [n_src, n_dst] bool, and the parameters to record.
-    """
-    metric = metric or "kl"
-    params: dict[str, Any] = {"tau": float(tau), "metric": metric}
-    start_from = None
-    if method == "hybrid":  # candidates were checked against the graph by discover
-        scores = attribute(
-            model,
-            graph,
-            batch,
-            method=scoring,
-            metric=metric,
-            ablation=ablation,
-            batch_size=batch_size,
-            ig_steps=ig_steps,
-            progress=progress,
-        )
-        start_from = select_topn(scores, graph.valid, candidates)
-        params.update({"candidates": candidates, "scoring": scoring})
-        if scoring == "eap-ig":
-            params["ig_steps"] = ig_steps
-    result = acdc(
-        model,
-        graph,
-        batch,
-        tau=tau,
-        metric=metric,
-        ablation=ablation,
-        candidates=start_from,
-        batch_size=batch_size,
-        progress=progress,
-        checkpoint=checkpoint,
-        rows_per_forward=rows_per_forward,
-    )
-    params["visited"] = result.visited
-    return result.deltas, result.mask, params

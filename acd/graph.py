@@ -27,6 +27,18 @@ Variants, each following how the model computes:
   value input, so there is one <k> and one <v> port per group, named a{l}.g{g}<k>, a{l}.g{g}<v>
   (patching a group's key input changes all its heads at once: the model offers no finer cut).
   Then each layer has H + 2G + 1 destinations instead of 3H + 1.
+
+The node model (built once per graph and cached; the graph is immutable):
+
+    graph.nodes / node_views     every node: the sources in index order (node id = source index),
+                                 then, with GQA, the key/value groups a{l}.g{g}, then logits
+    Node(kind="kv_group")        a group of query heads sharing one <k> and one <v> port; it
+                                 lists its heads (``Node.heads``) and computes nothing itself
+    dst_node_ids [n_dst]         the node each port is named after (``Port.node``)
+    port_nodes / node_ports      which nodes compute from which ports: a group's k/v port feeds
+                                 every head of the group (the GQA expansion, done here once)
+    src_layers, dst_layers, node_layers   the block of each (input -1, logits n_layers)
+    dst_n_before [n_dst]         how many sources are computed before each port reads
 """
 
 from __future__ import annotations
@@ -57,12 +69,20 @@ class GraphShape:
 
 @dataclass(frozen=True)
 class Node:
-    """A view of one node: its name, kind, layer and head (None where it has none)."""
+    """A view of one node: its name, kind, layer, head and key/value group (None where it has
+    none; ``layer`` is None for input and logits, see ``ComputeGraph.node_layers``).
+
+    A ``kv_group`` node (grouped-query attention only) stands for the shared key and value
+    input of the query heads in ``heads``; a head's ``group`` is the group whose k/v it reads
+    (the head itself without GQA).
+    """
 
     name: str
-    kind: str  # "input" | "head" | "mlp" | "logits"
+    kind: str  # "input" | "head" | "mlp" | "logits" | "kv_group"
     layer: int | None = None
     head: int | None = None
+    group: int | None = None  # heads and kv_group nodes
+    heads: tuple[int, ...] = ()  # kv_group nodes: the query heads (within the layer) it serves
 
 
 @dataclass(frozen=True)
@@ -187,7 +207,10 @@ class ComputeGraph:
         """Every source, in index order."""
         nodes = [Node("input", "input")]
         for layer in range(self.n_layers):
-            nodes += [Node(f"a{layer}.h{h}", "head", layer, h) for h in range(self.n_heads)]
+            nodes += [
+                Node(f"a{layer}.h{h}", "head", layer, h, group=self.kv_group(h))
+                for h in range(self.n_heads)
+            ]
             if self.shape.has_mlp:
                 nodes.append(Node(f"m{layer}", "mlp", layer))
         return nodes
@@ -220,37 +243,131 @@ class ComputeGraph:
         return {port.name: i for i, port in enumerate(self.destinations)}
 
     @cached_property
+    def node_views(self) -> list[Node]:
+        """Every node, in ``nodes`` order: the sources (so a source's node id is its source
+        index), then with GQA each layer's key/value groups, then ``logits`` last."""
+        nodes = list(self.sources)
+        if self.n_kv_heads != self.n_heads:
+            for layer in range(self.n_layers):
+                for g in range(self.n_kv_heads):
+                    heads = tuple(self._group_heads(g))
+                    nodes.append(Node(f"a{layer}.g{g}", "kv_group", layer, group=g, heads=heads))
+        nodes.append(Node("logits", "logits"))
+        return nodes
+
+    @cached_property
     def nodes(self) -> list[str]:
-        """Node names: the sources, then the nodes that only read (logits; GQA kv groups)."""
-        names = [n.name for n in self.sources]
-        seen = set(names)
-        for port in self.destinations:
-            if port.node not in seen:
-                seen.add(port.node)
-                names.append(port.node)
-        return names
+        """Node names: the sources, then the nodes that only read (GQA kv groups; logits)."""
+        return [node.name for node in self.node_views]
 
     @property
     def n_nodes(self) -> int:
-        return len(self.nodes)
+        return len(self.node_views)
+
+    @cached_property
+    def node_index(self) -> dict[str, int]:
+        """Node id (index into ``nodes``) by name."""
+        return {name: i for i, name in enumerate(self.nodes)}
+
+    def node(self, name: str) -> Node:
+        """The node called ``name`` (a source, a GQA kv group or ``logits``)."""
+        try:
+            return self.node_views[self.node_index[name]]
+        except KeyError:
+            raise KeyError(f"no node named {name!r} in this graph") from None
+
+    # --- relations between nodes and ports (dense, one entry per index) -----------------------
+
+    @cached_property
+    def src_node_ids(self) -> torch.Tensor:
+        """[n_src] long: the node id of each source (sources come first, so it is the index)."""
+        return torch.arange(self.n_src)
+
+    @cached_property
+    def dst_node_ids(self) -> torch.Tensor:
+        """[n_dst] long: the id of the node each port is named after (``Port.node``): the head
+        of a q port (and of a k/v port without GQA), the kv group of a GQA k/v port, the MLP,
+        or logits."""
+        return torch.tensor([self.node_index[port.node] for port in self.destinations])
+
+    @cached_property
+    def port_nodes(self) -> list[tuple[int, ...]]:
+        """For each port, the ids of the nodes that compute from it: a q port's head, every
+        head of a k/v port's group (with GQA one port feeds several heads; without, just its
+        head), the MLP, or logits. Never a kv_group node: a group computes nothing."""
+        readers: list[tuple[int, ...]] = []
+        for port in self.destinations:
+            if port.kind == "q":
+                readers.append((self.src_head(port.layer, port.index),))
+            elif port.kind in ("k", "v"):
+                heads = self._group_heads(port.index)
+                readers.append(tuple(self.src_head(port.layer, h) for h in heads))
+            else:  # an MLP or logits: the port is named after the node that reads it
+                readers.append((self.node_index[port.node],))
+        return readers
+
+    @cached_property
+    def node_ports(self) -> list[tuple[int, ...]]:
+        """For each node id, the ports it computes from, in index order (the inverse of
+        ``port_nodes``): a head's q port and its group's k and v ports, an MLP's port, logits'
+        port; none for ``input`` and for kv_group nodes (whose ports feed their heads)."""
+        ports: list[list[int]] = [[] for _ in range(self.n_nodes)]
+        for j, readers in enumerate(self.port_nodes):
+            for node in readers:
+                ports[node].append(j)
+        return [tuple(p) for p in ports]
+
+    @cached_property
+    def src_layers(self) -> torch.Tensor:
+        """[n_src] long: the block of each source (input -1)."""
+        return self.node_layers[: self.n_src]
+
+    @cached_property
+    def dst_layers(self) -> torch.Tensor:
+        """[n_dst] long: the block each port belongs to (logits n_layers)."""
+        return torch.tensor(
+            [self.n_layers if port.layer is None else port.layer for port in self.destinations]
+        )
+
+    @cached_property
+    def node_layers(self) -> torch.Tensor:
+        """[n_nodes] long: the block of each node (input -1, logits n_layers)."""
+        layers = []
+        for node in self.node_views:
+            if node.kind == "input":
+                layers.append(-1)
+            elif node.kind == "logits":
+                layers.append(self.n_layers)
+            else:
+                layers.append(node.layer)
+        return torch.tensor(layers)
+
+    @cached_property
+    def dst_n_before(self) -> torch.Tensor:
+        """[n_dst] long: how many sources are computed before each port reads. Sources are in
+        forward order, so these are exactly the sources 0 .. n_before - 1 (its valid edges)."""
+        counts = []
+        for port in self.destinations:
+            if port.kind == "logits":
+                counts.append(self.n_src)
+                continue
+            earlier = self.src_layer_slice(port.layer).start  # input and all earlier layers
+            if port.kind == "mlp" and not self.shape.parallel_attn_mlp:
+                earlier += self.n_heads  # a sequential MLP reads after its own layer's heads
+            counts.append(earlier)
+        return torch.tensor(counts)
+
+    def _group_heads(self, group: int) -> range:
+        """The query heads (within a layer) that read key/value group ``group``."""
+        per_group = self.n_heads // self.n_kv_heads
+        return range(group * per_group, (group + 1) * per_group)
 
     # --- edges -------------------------------------------------------------------------------
 
     @cached_property
     def valid(self) -> torch.Tensor:
         """[n_src, n_dst] bool: True where the source is computed before the destination reads."""
-        valid = torch.zeros(self.n_src, self.n_dst, dtype=torch.bool)
-        src_layer = torch.tensor([-1] + [n.layer for n in self.sources[1:]])  # input: layer -1
-        src_is_head = torch.tensor([n.kind == "head" for n in self.sources])
-        for j, port in enumerate(self.destinations):
-            if port.kind == "logits":
-                valid[:, j] = True
-            elif port.kind == "mlp" and not self.shape.parallel_attn_mlp:
-                # Sequential block: the MLP reads after its own layer's attention.
-                valid[:, j] = (src_layer < port.layer) | (src_is_head & (src_layer == port.layer))
-            else:  # attention input, or a parallel block's MLP: everything from earlier layers
-                valid[:, j] = src_layer < port.layer
-        return valid
+        return torch.arange(self.n_src)[:, None] < self.dst_n_before[None, :]
 
     @property
     def n_edges(self) -> int:

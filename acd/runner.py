@@ -24,6 +24,7 @@ positions only.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,7 @@ class PromptRunner:
     ):
         self.metric = check_run_arguments(metric, ablation, batch_size, batch, error=error)
         self.model, self.graph, self.ablation = model, graph, ablation
+        self.task_metric = batch.metric
         self.n_total = len(batch)
         self.local = shard_batch(batch)
         local = self.local
@@ -109,6 +111,14 @@ class PromptRunner:
         self._clean_at: dict[int, torch.Tensor] = {}
         self._empty_at: dict[int, torch.Tensor] = {}
         self._reference: Reference | None = None
+
+    def with_metric(self, metric: str | Metric | MetricFunction | None) -> PromptRunner:
+        """The same prompts, chunks and kept runs with another metric (a search's own): the
+        patch values and clean logits are shared, nothing is recomputed."""
+        other = copy.copy(self)
+        other.metric = resolve_metric(metric, self.task_metric)
+        other._reference = None
+        return other
 
     # --- per chunk -----------------------------------------------------------------------
 
@@ -143,6 +153,8 @@ class PromptRunner:
     def remember_clean(self, i: int, logits: torch.Tensor) -> None:
         """Keep the clean logits of chunk ``i`` (all positions [n, pos, V], or its scored
         positions [n, k, V]) that a stage computed anyway."""
+        if i in self._clean_at:
+            return
         if logits.shape[1] != len(self.positions[i]):
             logits = logits[:, self.positions[i]]
         self._clean_at[i] = logits.detach()

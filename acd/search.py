@@ -6,9 +6,9 @@ input -> logits path.
 
 Greedy selection and pruning work on nodes, not ports: a port a{l}.h{h}<q> belongs to head
 a{l}.h{h}, and a grouped-query key/value port a{l}.g{g}<k> belongs to every query head of group g
-(patching it changes all of them). Node ids below are source indices, with ``graph.n_src``
-standing for ``logits``; sources are in forward order, so every valid edge goes from a smaller id
-to larger ones.
+(patching it changes all of them); ``graph.port_nodes`` and ``graph.node_ports`` hold that
+relation. Node ids below are ``graph.nodes`` indices, in which a source's id is its source index;
+sources are in forward order, so every valid edge goes from a smaller id to larger ones.
 """
 
 from __future__ import annotations
@@ -84,13 +84,13 @@ def select_greedy(
         raise AcdError(f"scores have shape {tuple(scores.shape)}, the graph {tuple(valid.shape)}")
     key = _ranking_key(scores, absolute)
     key = torch.nan_to_num(key, nan=float("-inf")).tolist()
-    valid_rows = [row.nonzero().flatten().tolist() for row in valid.t()]  # sources of each port
-    node_ports = _node_ports(graph)
+    n_before = graph.dst_n_before.tolist()  # port j's valid sources are 0 .. n_before[j] - 1
+    node_ports = graph.node_ports
     n_dst = graph.n_dst
 
     mask = torch.zeros(graph.n_src, n_dst, dtype=torch.bool)
     port_open = [False] * n_dst
-    reachable = [False] * (graph.n_src + 1)
+    reachable = [False] * graph.n_nodes
     heap: list[tuple[float, int, int, int]] = []  # (-key, edge index, source, port)
 
     def reach(node: int) -> None:
@@ -98,11 +98,11 @@ def select_greedy(
         for j in node_ports[node]:
             if not port_open[j]:
                 port_open[j] = True
-                for i in valid_rows[j]:
+                for i in range(n_before[j]):
                     heap.append((-key[i][j], i * n_dst + j, i, j))
         heapq.heapify(heap)  # linear; called at most once per node
 
-    reach(graph.n_src)  # logits
+    reach(graph.node_index["logits"])
     kept = 0
     while kept < n and heap:
         _, _, i, j = heapq.heappop(heap)
@@ -128,14 +128,14 @@ def prune_dangling(mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
             f"mask has shape {tuple(mask.shape)}, expected ({graph.n_src}, {graph.n_dst})"
         )
     kept = mask.detach().bool().cpu() & graph.valid
-    node_ports = _node_ports(graph)
+    node_ports = graph.node_ports
 
     # Forward: a node is reachable when a kept edge from a reachable source feeds one of its
     # ports. Its sources all have smaller indices, so they are final when it is visited.
     from_input = torch.zeros(graph.n_src, dtype=torch.bool)
     from_input[graph.src_input()] = True
     for u in range(1, graph.n_src):
-        ports = node_ports[u]
+        ports = list(node_ports[u])  # a list: a tuple would index several dimensions
         if ports:
             from_input[u] = bool(kept[:, ports][from_input].any())
 
@@ -145,7 +145,7 @@ def prune_dangling(mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
     live[graph.dst_logits()] = True
     for u in range(graph.n_src - 1, -1, -1):
         if bool((kept[u] & live).any()):
-            live[node_ports[u]] = True
+            live[list(node_ports[u])] = True
 
     pruned = kept & from_input[:, None] & live[None, :]
     return pruned.to(mask.device)
@@ -157,23 +157,6 @@ def _ranking_key(scores: torch.Tensor, absolute: bool) -> torch.Tensor:
     float64 score of 5e-83 is 0 in float32 and would lose its rank to the zero scores."""
     key = (scores.abs() if absolute else scores).detach().cpu()
     return key if key.dtype in (torch.float32, torch.float64) else key.to(torch.float32)
-
-
-def _node_ports(graph: ComputeGraph) -> list[list[int]]:
-    """The destination ports of each node id: source indices, then ``n_src`` for logits."""
-    ports: list[list[int]] = [[] for _ in range(graph.n_src + 1)]
-    per_group = graph.n_heads // graph.n_kv_heads
-    for j, port in enumerate(graph.destinations):
-        if port.kind == "q":
-            ports[graph.src_head(port.layer, port.index)].append(j)
-        elif port.kind in ("k", "v"):
-            for h in range(port.index * per_group, (port.index + 1) * per_group):
-                ports[graph.src_head(port.layer, h)].append(j)
-        elif port.kind == "mlp":
-            ports[graph.src_mlp(port.layer)].append(j)
-        else:  # logits
-            ports[graph.n_src].append(j)
-    return ports
 
 
 SELECTIONS = {"topn": select_topn, "threshold": select_threshold, "greedy": select_greedy}

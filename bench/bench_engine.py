@@ -15,6 +15,13 @@ one warm-up run. Figures:
              (the passes it needs)
     eval     ``evaluate_circuit`` of a 200-edge circuit (4 forwards: corrupted, clean, empty,
              circuit) and the bare circuit run (corrupted forward + one patched forward), / 2F
+    discover ``discover(method="eap", select=TopN(200))`` end to end on the same prompts: the
+             sanity gate's reference runs (clean and corrupted forwards) are kept by the prompt
+             runner, so scoring reuses the corrupted sources and the evaluation costs one
+             patched forward; compared with EAP + 2F (target: discover - EAP <= 1.3 x 2F), and
+             the evaluation inside it (``evaluate_with`` on the discover runner) / 2F (target
+             <= 1.3). ``weights_sha256`` (hashing the state dict, which a circuit records) is
+             timed on its own and reported beside it.
     exact    ``attribute(method="exact")`` time per edge / F; on GPT-2 a random subset of edges
              is timed and the total extrapolated to every edge
     memory   peak resident memory above the starting point (Linux VmHWM, reset through
@@ -41,12 +48,14 @@ from pathlib import Path
 import torch
 
 import acd
-from acd.attribution import attribute
-from acd.evaluate import evaluate_circuit
+from acd.attribution import attribute, score_with
+from acd.evaluate import evaluate_circuit, evaluate_with, separation_of
 from acd.graph import ComputeGraph
 from acd.metrics import get_metric
+from acd.models import weights_sha256
 from acd.models.load import embedded_models_dir
 from acd.patching import patch_values, run_patched
+from acd.runner import PromptRunner
 from acd.search import select_topn
 
 N_PROMPTS = 8
@@ -228,6 +237,19 @@ def bench_model(name: str, model, args) -> dict:
 
     out["eval_bare"] = median_time(bare_circuit_run, runs)
 
+    quiet = acd.RunConfig(progress=False)
+    top = acd.TopN(CIRCUIT_EDGES)
+    task = acd.load_task("ioi")
+    out["discover"] = median_time(
+        lambda: acd.discover(task, model, method="eap", select=top, prompts=N_PROMPTS, run=quiet),
+        runs,
+    )
+    out["hash"] = median_time(lambda: weights_sha256(model), runs)
+    runner = PromptRunner(model, graph, batch.to(model.device), method="eap")
+    separation_of(runner)  # the gate: the reference runs discover keeps
+    score_with(runner, "eap", progress=False)
+    out["eval_in_discover"] = median_time(lambda: evaluate_with(runner, circuit[None]), runs)
+
     keep = graph.valid
     if args.exact_edges and args.exact_edges < graph.n_edges:
         chosen = graph.valid.flatten().nonzero().squeeze(1)
@@ -300,6 +322,20 @@ def report(results: list[dict], args) -> str:
     row("evaluate_circuit (200 edges)", lambda r: ms(1e3 * r["eval"]))
     row("evaluate_circuit / 2F     target <= 1.2", lambda r: f"{r['eval'] / (2 * r['F']):.2f}")
     row("bare circuit run (2 fwd) / 2F", lambda r: f"{r['eval_bare'] / (2 * r['F']):.2f}")
+    row(
+        "evaluation inside discover / 2F  target <= 1.3",
+        lambda r: f"{r['eval_in_discover'] / (2 * r['F']):.2f}",
+    )
+    row("discover (EAP, top 200)", lambda r: ms(1e3 * r["discover"]))
+    row("  of which weights_sha256", lambda r: ms(1e3 * r["hash"]))
+    row(
+        "(discover - EAP) / 2F    target <= 1.3",
+        lambda r: f"{(r['discover'] - r['eap']) / (2 * r['F']):.2f}",
+    )
+    row(
+        "(discover - hash - EAP) / 2F",
+        lambda r: f"{(r['discover'] - r['hash'] - r['eap']) / (2 * r['F']):.2f}",
+    )
     row("exact: edges timed", lambda r: str(r["exact_edges_timed"]))
     row("exact: time per edge", lambda r: ms(1e3 * r["exact_per_edge"]))
     row("exact per edge / F        target <= 0.6", lambda r: f"{r['exact_per_edge'] / r['F']:.3f}")

@@ -356,21 +356,10 @@ def random_batch(d_vocab: int, n: int, pos: int, device: torch.device) -> Prompt
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(1, d_vocab, (2, n, pos), generator=gen)
     answers = torch.randint(1, d_vocab, (2, n, 1), generator=gen)
-    score_mask = torch.zeros(n, pos, dtype=torch.bool)
-    score_mask[:, -1] = True
-    ones = torch.ones(n, 1, dtype=torch.bool)
-    return PromptBatch(
-        clean=tokens[0],
-        corrupted=tokens[1],
-        lengths=torch.full((n,), pos),
-        score_mask=score_mask,
-        targets=torch.zeros(n, pos, dtype=torch.long),
-        correct=answers[0],
-        correct_mask=ones,
-        wrong=answers[1],
-        wrong_mask=ones,
-        metric="logit_diff",
-    ).to(device)
+    batch = PromptBatch.from_token_ids(
+        tokens[0], tokens[1], correct=answers[0], wrong=answers[1], metric="logit_diff"
+    )
+    return batch.to(device)
 
 
 def bench_llama(args, report: Report, device: torch.device) -> None:

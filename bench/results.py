@@ -34,17 +34,17 @@ def runs(n_edges: int) -> list[tuple[str, dict]]:
     """(label, discover arguments) of every row of a task's table."""
     small = math.floor(TARGET_FRACTION * n_edges)
     rows = [
-        (f"eap, top {small}", dict(method="eap", edges=small)),
-        (f"eap-ig, top {small}", dict(method="eap-ig", edges=small)),
-        (f"exact, top {small}", dict(method="exact", edges=small)),
-        (f"eap-ig, greedy {small}", dict(method="eap-ig", edges=small, selection="greedy")),
+        (f"eap, top {small}", dict(method=acd.EAP(), select=acd.TopN(small))),
+        (f"eap-ig, top {small}", dict(method=acd.EAPIG(), select=acd.TopN(small))),
+        (f"exact, top {small}", dict(method=acd.Exact(), select=acd.TopN(small))),
+        (f"eap-ig, greedy {small}", dict(method=acd.EAPIG(), select=acd.Greedy(small))),
     ]
     for tau in (0.003, 0.01, 0.03):
-        rows.append((f"acdc, kl, tau {tau}", dict(method="acdc", tau=tau)))
+        rows.append((f"acdc, kl, tau {tau}", dict(method=acd.ACDC(tau))))
     rows.append(
         (
             "hybrid: eap-ig top 100, acdc tau 0.01",
-            dict(method="hybrid", candidates=min(100, n_edges), tau=0.01),
+            dict(method=acd.Hybrid(0.01, candidates=min(100, n_edges))),
         )
     )
     return rows
@@ -57,7 +57,8 @@ def measure_task(model, task_name: str, prompts: int, out_dir: Path) -> list[dic
     rows, curves = [], {}
     for label, options in runs(graph.n_edges):
         start = time.perf_counter()
-        circuit = acd.discover(task, model, prompts=prompts, seed=0, progress=False, **options)
+        quiet = acd.RunConfig(progress=False)
+        circuit = acd.discover(task, model, prompts=prompts, seed=0, run=quiet, **options)
         seconds = time.perf_counter() - start
         test = evaluate_circuit(model, graph, held_out, circuit.mask, metric=task.metric)
         row = dict(
@@ -74,8 +75,9 @@ def measure_task(model, task_name: str, prompts: int, out_dir: Path) -> list[dic
             cmd=None,
             edge_list=circuit.edges,
         )
-        method = options["method"]
-        if method in ("eap", "eap-ig", "exact") and options.get("selection", "topn") == "topn":
+        method = options["method"].name
+        # Greedy is a TopN: only the plain top-n rows give the scores' curves.
+        if type(options.get("select")) is acd.TopN:
             area, _ = cpr(model, graph, held_out, circuit.scores, metric=task.metric)
             distance, curve = cmd(model, graph, held_out, circuit.scores, metric=task.metric)
             row.update(cpr=area, cmd=distance)

@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pytest
 
-# A small whitespace-split vocabulary; id 0 is BOS = EOS = PAD, as in GPT-2.
+# A small whitespace-split vocabulary; id 0 is BOS = EOS = PAD, as in GPT-2. The unknown token
+# is a token of its own (the last id), so an unknown word is never mistaken for the BOS. It
+# takes the place of a last filler word "w31": the size (the tiny models' vocab_size) and every
+# other id stay as they were, and with them the seeded random weights.
 TINY_VOCAB = (
     ["<|endoftext|>"]
     + ["the", "a", "of", "and", "to", "in", "is", "was", "when", "then", "went", "gave", "said"]
     + ["store", "garden", "park", "school"]
     + ["Mary", "John", "Alice", "Bob", "Tom", "Anna", "Paul", "Sara"]
     + [str(i) for i in range(10)]
-    + [f"w{i}" for i in range(32)]
+    + [f"w{i}" for i in range(31)]
+    + ["<unk>"]
 )
 
 
@@ -29,16 +33,16 @@ def _save_word_tokenizer(directory: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    special = TINY_VOCAB[0]
+    special, unk = TINY_VOCAB[0], TINY_VOCAB[-1]
     tokenizer = Tokenizer(
-        models.WordLevel({word: i for i, word in enumerate(TINY_VOCAB)}, unk_token=special)
+        models.WordLevel({word: i for i, word in enumerate(TINY_VOCAB)}, unk_token=unk)
     )
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=special,
         eos_token=special,
-        unk_token=special,
+        unk_token=unk,
         pad_token=special,
     )
     fast.save_pretrained(directory)

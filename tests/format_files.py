@@ -23,8 +23,8 @@ from random_batches import random_batch
 
 import acd
 from acd.acdc import _checkpoint_header
-from acd.attribution import _accumulator_dtype
 from acd.export import circuit_json
+from acd.memory import accumulator_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,8 @@ def _per_model(build):
 def _discovered(model) -> acd.Circuit:
     path = _scratch() / "pairs.jsonl"
     path.write_text(jsonl_text(pair_rows()))
-    return acd.discover(path, model, method="eap", edges=12, prompts=8, seed=0, progress=False)
+    quiet = acd.RunConfig(progress=False)
+    return acd.discover(path, model, method="eap", select=acd.TopN(12), prompts=8, run=quiet)
 
 
 def circuit_text(model) -> str:
@@ -136,7 +137,7 @@ def checkpoint_case(model, graph) -> CheckpointCase:
     header = _checkpoint_header(model, graph, batch, 0.001, "kl", "corrupted", None)
     text = path.read_text()
     path.unlink()
-    return CheckpointCase(text, header, graph, graph.valid.clone(), _accumulator_dtype(model))
+    return CheckpointCase(text, header, graph, graph.valid.clone(), accumulator_dtype(model))
 
 
 def task_folder(directory: Path) -> Path:

@@ -12,7 +12,9 @@ from random_batches import random_batch
 
 import acd
 from acd.acdc import AcdcError, acdc
+from acd.discover import RunConfig
 from acd.graph import ComputeGraph
+from acd.methods import ACDC, EAP, Hybrid, method_from_name
 from acd.metrics import get_metric
 from acd.models import weights_sha256
 from acd.patching import (
@@ -399,26 +401,29 @@ def test_acdc_refuses_a_missing_or_negative_tau(tiny_models):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "acdc"}, "needs tau"),
-        ({"method": "acdc", "tau": -1.0}, "tau must be >= 0"),
-        ({"method": "hybrid", "tau": 0.1}, "needs candidates"),
-        ({"method": "hybrid", "tau": 0.1, "candidates": 0}, "between 1 and"),
-        ({"method": "hybrid", "tau": 0.1, "candidates": 10, "scoring": "exact"}, "scoring"),
-        ({"method": "hybrid", "tau": 0.1, "candidates": 10, "scoring": "eap"}, "all-zero"),
+        (lambda: "acdc", "needs tau"),
+        (lambda: ACDC(tau=-1.0), "tau must be >= 0"),
+        (lambda: Hybrid(tau=0.1), "needs candidates"),
+        (lambda: Hybrid(tau=0.1, candidates=0), "between 1 and"),
+        (lambda: method_from_name("hybrid", tau=0.1, candidates=10, scoring="exact"), "scoring"),
+        (lambda: Hybrid(tau=0.1, candidates=10, scoring=EAP()), "all-zero"),
+        (lambda: Hybrid(tau=0.1, candidates=10_000), "between 1 and the graph's 479 edges"),
     ],
 )
 def test_discover_refuses_incomplete_search_arguments(toy, kwargs, message):
+    """``kwargs`` builds the method: a bad one is refused when built, or by discover before
+    any scoring."""
     with pytest.raises(acd.AcdError, match=message):
-        acd.discover("ioi", toy[0], prompts=4, progress=False, **kwargs)
+        acd.discover("ioi", toy[0], method=kwargs(), prompts=4, run=RunConfig(progress=False))
 
 
 @pytest.mark.slow
 def test_discover_acdc_and_hybrid(toy):
     model, graph, _ = toy
-    common = {"prompts": 8, "seed": 0, "progress": False}
-    circuit = acd.discover("ioi", model, method="acdc", tau=0.03, metric="task", **common)
+    common = {"prompts": 8, "seed": 0, "run": RunConfig(metric="task", progress=False)}
+    circuit = acd.discover("ioi", model, method=ACDC(0.03, metric="task"), **common)
     narrow = acd.discover(
-        "ioi", model, method="acdc", tau=0.03, metric="task", rows_per_forward=8, **common
+        "ioi", model, method=ACDC(0.03, metric="task", rows_per_forward=8), **common
     )
     assert torch.equal(narrow.mask, circuit.mask)  # the width of a forward decides nothing
     expected = acdc(
@@ -435,7 +440,8 @@ def test_discover_acdc_and_hybrid(toy):
     assert circuit.metrics["n_selected"] == int(expected.mask.sum())
     assert 0.5 < circuit.metrics["faithfulness"] < 1.5
 
-    hybrid = acd.discover("ioi", model, method="hybrid", tau=0.001, candidates=60, **common)
+    common["run"] = RunConfig(progress=False)
+    hybrid = acd.discover("ioi", model, method=Hybrid(0.001, candidates=60), **common)
     assert hybrid.params["candidates"] == 60 and hybrid.params["scoring"] == "eap-ig"
     assert hybrid.params["metric"] == "kl" and hybrid.params["visited"] == 60
     assert hybrid.n_edges <= 60

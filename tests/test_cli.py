@@ -232,3 +232,167 @@ def test_bad_threads_give_one_error_line_and_exit_2(args, env, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("acd: error:"), lines
     assert ("--threads" if args else "ACD_THREADS") in lines[0]
     assert not any(tmp_path.iterdir())  # stopped before any work
+
+
+# The library functions the command handlers call (acd/outputs.py, acd/run_checks.py,
+# acd/reevaluation.py, acd/circuit_files.py): each decides one thing without printing.
+
+
+def test_the_cli_package_keeps_its_entry_points():
+    """``acd`` (pyproject: acd.cli:main), ``python -m acd`` and ``python -m acd.cli`` reach one
+    main; the tests' model-loading seam is acd.cli._load_model_verbose."""
+    import acd.cli
+    from acd.cli.common import load_model_verbose
+
+    assert callable(acd.cli.main) and callable(acd.cli.build_parser)
+    assert acd.cli._load_model_verbose is load_model_verbose
+    result = subprocess.run(
+        [sys.executable, "-m", "acd.cli", "tasks"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.startswith("name ")
+
+
+def test_a_command_loads_its_model_through_the_package_seam(monkeypatch):
+    import acd.cli
+    from acd.cli.common import load_command_model
+
+    calls = []
+    monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *a, **k: calls.append((a, k)))
+    load_command_model("toy", "cpu", None, quiet=True)
+    assert calls == [(("toy", "cpu", None), {"quiet": True})]
+
+
+def test_default_output_locations_are_path_safe(tmp_path):
+    from pathlib import Path
+
+    from acd.outputs import curve_stem, default_out_dir, discover_out_dir, path_safe, render_stem
+
+    assert default_out_dir("toy", "ioi", "eap-ig") == Path("out/toy/ioi/eap-ig")
+    assert path_safe("EleutherAI/pythia-70m") == "EleutherAI--pythia-70m"  # a hub name
+    model_dir = tmp_path / "my model"
+    model_dir.mkdir()
+    assert path_safe(str(model_dir)) == "my--model"  # a path: its folder's name
+    assert path_safe("///") == "model"
+    assert discover_out_dir(None, "toy", "my task", "acdc") == Path("out/toy/my--task/acdc")
+    assert discover_out_dir("here", "toy", "ioi", "acdc") == Path("here")
+    assert curve_stem(None, "greater-than") == Path("greater-than_curve")
+    assert curve_stem("fig/gt", "greater-than") == Path("fig/gt")
+    assert render_stem(None, "runs/circuit.json") == Path("runs/circuit")
+    assert render_stem("fig/ioi", "runs/circuit.json") == Path("fig/ioi")
+
+
+def test_a_failed_save_is_rescued_into_a_temporary_folder(tmp_path):
+    from pathlib import Path
+
+    from acd.errors import AcdError
+    from acd.outputs import save_or_rescue
+
+    class Circuit:
+        """Refuses to save into ``out``; records every folder it is saved into."""
+
+        saved: list = []
+
+        def save(self, out_dir, *, formats):
+            if Path(out_dir) == tmp_path:
+                raise OSError(28, "No space left on device")
+            self.saved.append((Path(out_dir), formats))
+            return "saved"
+
+    circuit = Circuit()
+    with pytest.raises(AcdError, match="No space left on device") as caught:
+        save_or_rescue(circuit, tmp_path, ("svg",))
+    [(rescue, formats)] = circuit.saved
+    assert formats == ("svg",) and f"saved to {rescue}/ instead" in str(caught.value)
+    assert rescue.name.startswith("acd-rescued-")
+    rescue.rmdir()
+    assert save_or_rescue(circuit, tmp_path / "elsewhere", ("png",)) == "saved"
+
+
+def test_graph_size_is_checked_against_the_config():
+    from acd.errors import AcdError
+    from acd.graph import ComputeGraph
+    from acd.run_checks import check_graph_size
+
+    config = {"n_layers": 2, "n_heads": 2, "d_model": 8}
+    n_edges = ComputeGraph.from_config(config).n_edges
+    check_graph_size(config, n_edges, n_edges)  # all of them is fine
+    with pytest.raises(AcdError, match=f"cannot keep {n_edges + 1} edges"):
+        check_graph_size(config, n_edges + 1, None)
+    with pytest.raises(AcdError, match="--candidates"):
+        check_graph_size(config, None, n_edges + 1)
+    check_graph_size(None, 10**9, 10**9)  # no config: discover checks on the loaded model
+    check_graph_size({"unusual": True}, 10**9, None)
+
+
+def test_a_model_check_refuses_training_seeds():
+    from acd.errors import AcdError
+    from acd.models.train_toy import TRAIN_SEED_BASE
+    from acd.run_checks import check_held_out_seed
+
+    check_held_out_seed(TRAIN_SEED_BASE - 1)
+    with pytest.raises(AcdError, match="used for training"):
+        check_held_out_seed(TRAIN_SEED_BASE)
+
+
+def test_evaluation_task_follows_the_option_else_the_circuits_record():
+    from types import SimpleNamespace
+
+    from acd.errors import AcdError
+    from acd.heldout import TaskSource
+    from acd.reevaluation import evaluation_task
+
+    def circuit(task="", source=None):
+        return SimpleNamespace(task=task, task_source=source)
+
+    task, same = evaluation_task(circuit("ioi", TaskSource("builtin", "ioi")), None, "c.json")
+    assert (task.name, same) == ("ioi", True)
+    task, same = evaluation_task(circuit("ioi", TaskSource("builtin", "ioi")), "induction", "c")
+    assert (task.name, same) == ("induction", False)
+    task, same = evaluation_task(circuit("ioi"), None, "c.json")  # an older acd's file
+    assert (task.name, same) == ("ioi", True)
+    # A file that records no task (EAP-IG's) counts as the same: the overlap is unchecked.
+    assert evaluation_task(circuit(), "ioi", "c.json")[1] is True
+    with pytest.raises(AcdError, match="c.json names no task; give --task"):
+        evaluation_task(circuit(), None, "c.json")
+    with pytest.raises(AcdError, match="not a shipped task"):
+        evaluation_task(circuit("mine"), None, "c.json")
+
+
+def test_evaluation_model_metric_and_ablation_defaults():
+    from types import SimpleNamespace
+
+    from acd.errors import AcdError
+    from acd.reevaluation import evaluation_ablation, evaluation_metric, evaluation_model
+
+    task = SimpleNamespace(metric="logit_diff")
+    found = SimpleNamespace(model="toy", evaluation_metric="task", params={"ablation": "mean"})
+    bare = SimpleNamespace(model="", evaluation_metric=None, params={})
+    assert evaluation_model(found, None, "c.json") == "toy"
+    assert evaluation_model(bare, "gpt2", "c.json") == "gpt2"
+    with pytest.raises(AcdError, match="names no model"):
+        evaluation_model(bare, None, "c.json")
+    assert evaluation_metric(None, found, task) == "logit_diff"  # "task": the task's metric
+    assert evaluation_metric("kl", found, task) == "kl"
+    assert evaluation_metric(None, bare, task) == "logit_diff"
+    assert evaluation_ablation(None, found) == "mean"
+    assert evaluation_ablation("zero", found) == "zero"
+    assert evaluation_ablation(None, bare) == "corrupted"
+
+
+def test_circuits_of_different_graphs_are_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from acd.circuit_files import check_comparable, load_circuit_file, same_graph
+    from acd.errors import AcdError
+    from acd.graph import ComputeGraph
+
+    small = ComputeGraph.from_config({"n_layers": 1, "n_heads": 2})
+    large = ComputeGraph.from_config({"n_layers": 2, "n_heads": 2})
+    assert same_graph(small, ComputeGraph.from_config({"n_layers": 1, "n_heads": 2}))
+    assert not same_graph(small, large)
+    with pytest.raises(AcdError, match="a.json and b.json are circuits of different graphs"):
+        check_comparable(
+            SimpleNamespace(graph=small), SimpleNamespace(graph=large), "a.json", "b.json"
+        )
+    with pytest.raises(AcdError, match="no circuit file at"):
+        load_circuit_file(str(tmp_path / "missing.json"))

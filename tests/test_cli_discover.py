@@ -143,7 +143,11 @@ def test_evaluate_an_acdc_circuit_with_the_metric_discover_evaluated_it_with(
     model = acd.load_model("toy", device="cpu")
     monkeypatch.setattr(acd.cli, "_load_model_verbose", lambda *args, **kwargs: model)
     circuit = acd.discover(
-        "induction", model, method="hybrid", tau=0.001, candidates=30, prompts=6, progress=False
+        "induction",
+        model,
+        method=acd.Hybrid(0.001, candidates=30),
+        prompts=6,
+        run=acd.RunConfig(progress=False),
     )
     assert circuit.params["metric"] == "kl" and circuit.metrics["metric"] == "logprob"
     assert circuit.params["evaluation_metric"] == "logprob"

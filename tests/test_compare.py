@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config
 
 from acd.comparison import compare
-from acd.graph import ComputeGraph
+from acd.graph import ComputeGraph, GraphShape
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,23 @@ def test_roc_auc_of_perfect_and_reversed_rankings(graph):
 def test_shapes_are_checked(graph):
     with pytest.raises(ValueError, match="graph's shape"):
         compare(graph, torch.zeros(2, 2, dtype=torch.bool), graph.valid)
+
+
+def test_gqa_nodes_count_a_key_value_group_as_the_node_its_ports_are_named_after():
+    """With grouped-query attention an edge into a{l}.g{g}<k> touches the group's node
+    a{l}.g{g} (as in circuit.nodes), not the heads of the group."""
+    gqa = ComputeGraph(GraphShape(n_layers=2, n_heads=4, n_kv_heads=2))
+    reference = gqa.mask_from_edges([("input", "a1.g0<k>"), ("a0.h1", "logits")])
+    candidate = gqa.mask_from_edges([("input", "a1.g0<v>"), ("a1.h0", "logits")])
+    c = compare(gqa, candidate, reference)
+    # Nodes: reference {input, a0.h1, a1.g0, logits}; candidate {input, a1.h0, a1.g0, logits}.
+    assert c.edge_precision == 0.0
+    assert c.node_precision == pytest.approx(3 / 4) and c.node_recall == pytest.approx(3 / 4)
+    scores = reference.double() * 2 + candidate.double()
+    # Node scores (the largest touching): 2 on the reference's nodes, 1 on a1.h0, 0 elsewhere.
+    ranked = compare(gqa, scores, reference).node_roc_auc
+    nodes = gqa.nodes
+    on = {"input", "a0.h1", "a1.g0", "logits"}
+    value = {"input": 2.0, "a0.h1": 2.0, "a1.g0": 2.0, "logits": 2.0, "a1.h0": 1.0}
+    expected = _brute_force_auc([value.get(n, 0.0) for n in nodes], [n in on for n in nodes])
+    assert ranked == pytest.approx(expected)

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 import acd
+from acd.discover import RunConfig
+from acd.methods import Greedy, Threshold, TopN
 from acd.search import prune_dangling
+
+QUIET = RunConfig(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +21,7 @@ def toy():
 @pytest.fixture(scope="module")
 def ioi_circuit(toy):
     return acd.discover(
-        "ioi", toy, method="eap", edges=40, prompts=16, seed=0, prune=False, progress=False
+        "ioi", toy, method="eap", select=TopN(40), prompts=16, seed=0, prune=False, run=QUIET
     )
 
 
@@ -43,7 +47,7 @@ def test_kept_edges_are_the_top_scores_by_magnitude(ioi_circuit):
 
 def test_pruning_drops_exactly_the_selected_edges_off_every_input_logits_path(toy):
     graph = acd.ComputeGraph.from_model(toy)
-    kwargs = {"method": "eap", "edges": 40, "prompts": 16, "seed": 0, "progress": False}
+    kwargs = {"method": "eap", "select": TopN(40), "prompts": 16, "seed": 0, "run": QUIET}
     whole = acd.discover("ioi", toy, prune=False, **kwargs)
     pruned = acd.discover("ioi", toy, **kwargs)  # prune=True is the default
     assert pruned.metrics["n_selected"] == whole.n_edges == 40
@@ -56,13 +60,13 @@ def test_pruning_drops_exactly_the_selected_edges_off_every_input_logits_path(to
 
 
 def test_greedy_and_threshold_selections(toy):
-    kwargs = {"prompts": 8, "seed": 0, "progress": False, "prune": False}
-    greedy = acd.discover("ioi", toy, selection="greedy", edges=15, **kwargs)
+    kwargs = {"prompts": 8, "seed": 0, "run": QUIET, "prune": False}
+    greedy = acd.discover("ioi", toy, select=Greedy(15), **kwargs)
     assert greedy.n_edges == 15 and greedy.params["selection"] == "greedy"
     assert any(dst == "logits" for _, dst in greedy.edges)  # grown from the logits
     scores = greedy.scores.abs()
     cut = float(scores.flatten().sort(descending=True).values[9])  # the 10th largest |score|
-    by_threshold = acd.discover("ioi", toy, selection="threshold", threshold=cut, **kwargs)
+    by_threshold = acd.discover("ioi", toy, select=Threshold(cut), **kwargs)
     assert by_threshold.n_edges == 10 and by_threshold.params["threshold"] == cut
 
 
@@ -76,16 +80,16 @@ def test_scores_are_the_attribution_scores(ioi_circuit, toy):
 
 def test_the_whole_graph_is_fully_faithful_and_the_empty_one_not_at_all(toy):
     graph = acd.ComputeGraph.from_model(toy)
-    full = acd.discover("greater-than", toy, edges=graph.n_edges, prompts=8, progress=False)
-    empty = acd.discover("greater-than", toy, edges=0, prompts=8, progress=False)
+    full = acd.discover("greater-than", toy, select=TopN(graph.n_edges), prompts=8, run=QUIET)
+    empty = acd.discover("greater-than", toy, select=TopN(0), prompts=8, run=QUIET)
     assert full.metrics["faithfulness"] == pytest.approx(1.0, abs=1e-6)
     assert empty.metrics["faithfulness"] == pytest.approx(0.0, abs=1e-6)
     assert full.metrics["kl_to_full"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_same_seed_same_circuit(toy):
-    a = acd.discover("induction", toy, edges=20, prompts=6, seed=3, progress=False)
-    b = acd.discover("induction", toy, edges=20, prompts=6, seed=3, progress=False)
+    a = acd.discover("induction", toy, select=TopN(20), prompts=6, seed=3, run=QUIET)
+    b = acd.discover("induction", toy, select=TopN(20), prompts=6, seed=3, run=QUIET)
     assert a.edges == b.edges and torch.equal(a.scores, b.scores)
 
 
@@ -93,12 +97,53 @@ def test_same_seed_same_circuit(toy):
     ("kwargs", "message"),
     [
         ({"method": "magic"}, "unknown method 'magic'"),
-        ({"edges": 10_000}, "cannot keep 10000 edges"),
+        ({"select": TopN(10_000)}, "cannot keep 10000 edges"),
         ({"prompts": 0}, "prompts must be at least 1"),
-        ({"selection": "best"}, "unknown selection 'best'"),
-        ({"selection": "threshold"}, "needs threshold="),
+        ({"select": "best"}, "unknown selection 'best'"),
+        ({"select": "threshold"}, "needs threshold="),
     ],
 )
 def test_bad_arguments_are_one_line_errors(toy, kwargs, message):
     with pytest.raises(acd.AcdError, match=message):
-        acd.discover("ioi", toy, **{"progress": False, "prompts": 4, **kwargs})
+        acd.discover("ioi", toy, **{"run": QUIET, "prompts": 4, **kwargs})
+
+
+def test_a_loaded_circuit_rebuilds_its_method_and_selection(toy, tmp_path):
+    """circuit.json records the method's and selection's parameters; the objects rebuilt
+    from them find the same circuit again."""
+    from acd.export import load_circuit, save_circuit_json
+    from acd.methods import EAPIG
+
+    found = acd.discover(
+        "ioi", toy, method=EAPIG(steps=2), select=Greedy(12), prompts=6, seed=1, run=QUIET
+    )
+    save_circuit_json(found, tmp_path / "circuit.json")
+    loaded = load_circuit(tmp_path / "circuit.json")
+    assert loaded.method_spec == EAPIG(steps=2)
+    assert loaded.selection_spec == Greedy(12)
+    again = acd.discover(
+        "ioi",
+        toy,
+        method=loaded.method_spec,
+        select=loaded.selection_spec,
+        prompts=6,
+        seed=1,
+        run=QUIET,
+    )
+    assert again.edges == found.edges
+
+
+def test_a_search_circuit_rebuilds_its_search_and_records_both_metrics(toy, tmp_path):
+    from acd.methods import ACDC
+
+    found = acd.discover(
+        "ioi",
+        toy,
+        method=ACDC(0.05, metric="logit_diff"),
+        prompts=4,
+        run=RunConfig(metric="prob_diff", progress=False),
+    )
+    assert found.params["metric"] == "logit_diff"  # the search's
+    assert found.params["evaluation_metric"] == "prob_diff" == found.metrics["metric"]
+    assert found.method_spec == ACDC(0.05, metric="logit_diff")
+    assert found.selection_spec is None

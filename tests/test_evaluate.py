@@ -19,6 +19,7 @@ from acd.evaluate import (
 from acd.graph import ComputeGraph
 from acd.metrics import get_metric, kl_divergence
 from acd.models import load_model
+from acd.patching import patch_values, run_patched
 from acd.tasks import load_task
 
 TOL = 1e-5
@@ -62,6 +63,30 @@ def test_full_and_empty_circuits_are_exactly_one_and_zero(setup, ablation):
     clean = task_metric(plain_logits(model, batch.clean), batch)
     assert (full_ev.full - clean).abs().max() <= TOL
     assert torch.equal(full_ev.circuit, full_ev.full)
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "zero", "mean"])
+def test_full_and_empty_circuits_are_their_patched_runs(setup, ablation):
+    """evaluate_circuits takes a circuit of every edge from the plain clean run and one of no
+    edge from its empty reference (with corrupted ablation: the corrupted run) instead of
+    patching; the patched runs they stand for, made here, give the same figures."""
+    model, graph, batch = setup
+    patch = patch_values(model, graph, batch, ablation)  # mean: over the batch, as evaluate's
+    nothing = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
+    full_logits = run_patched(model, graph, batch.clean, nothing, patch)
+    empty_logits = run_patched(model, graph, batch.clean, graph.valid, patch)
+    full_ev, empty_ev = evaluate_circuits(
+        model, graph, batch, torch.stack([graph.valid, nothing]), ablation=ablation
+    )
+    full, empty = task_metric(full_logits, batch), task_metric(empty_logits, batch)
+    for got in (full_ev.circuit, full_ev.full, empty_ev.full):
+        assert (got - full).abs().max() <= TOL
+    for got in (empty_ev.circuit, full_ev.empty, empty_ev.empty):
+        assert (got - empty).abs().max() <= TOL
+    clean_logits = plain_logits(model, batch.clean)
+    for ev, logits in ((full_ev, full_logits), (empty_ev, empty_logits)):
+        expected_kl = kl_divergence(logits, clean_logits, batch).double()
+        assert (ev.kl_to_full - expected_kl).abs().max() <= TOL
 
 
 def test_corrupted_empty_circuit_is_the_corrupted_run(setup):

@@ -440,6 +440,65 @@ def test_public_names():
     assert acd.read_eapig_json is read_eapig_json and acd.write_eapig_json is write_eapig_json
 
 
+# Every name imported from acd.export in acd/, tests/, bench/ and the docs.
+EXPORTED = {
+    "circuit_json": ["circuit_from_dict", "circuit_json", "circuit_to_dict", "load_any_circuit"],
+    "eapig": ["eapig_dict", "eapig_from_dict", "read_eapig_json", "write_eapig_json"],
+    "networkx_graph": ["read_networkx", "to_networkx", "write_graphml", "write_nodelink"],
+    "save": ["SavedFiles", "save_circuit", "write_data_files"],
+    "summary": ["summary_markdown"],
+}
+
+
+def test_the_export_package_re_exports_each_writer_from_its_module():
+    import importlib
+
+    import acd.export
+
+    for module_name, names in EXPORTED.items():
+        module = importlib.import_module(f"acd.export.{module_name}")
+        for name in names:
+            assert getattr(acd.export, name) is getattr(module, name), name
+    assert acd.export.load_circuit is load_circuit and "save_circuit_json" in acd.export.__all__
+
+
+def test_the_circuit_module_imports_no_writer_when_loaded():
+    """The dependency goes one way: acd.export imports acd.circuit, never the reverse at
+    import time (Circuit's conveniences import acd.export when called)."""
+    import ast
+    from pathlib import Path
+
+    import acd.circuit
+
+    tree = ast.parse(Path(acd.circuit.__file__).read_text(encoding="utf-8"))
+    imported = [n.module for n in tree.body if isinstance(n, ast.ImportFrom)]
+    assert imported and not [m for m in imported if m and m.startswith("acd.export")]
+
+
+def test_circuit_save_goes_through_the_package_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    import acd.export
+
+    circuit = make_circuit(small_graph(), EDGES)
+    saved = circuit.save(tmp_path / "run", formats=())
+    assert [p.name for p in saved.paths] == [
+        "circuit.json",
+        "circuit.graphml",
+        "circuit.nodelink.json",
+        "summary.md",
+        "circuit.dot",
+    ]
+    assert saved.note is None and circuit.to_networkx().number_of_edges() == len(EDGES)
+
+    def full_disk(circuit, out_dir):
+        raise OSError("No space left on device")
+
+    # acd.export.write_data_files is the seam a test replaces to interrupt a save.
+    monkeypatch.setattr(acd.export, "write_data_files", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        circuit.save(tmp_path / "failed", formats=())
+    assert list((tmp_path / "failed").iterdir()) == []  # no staging folder, no file
+
+
 # --------------------------------------------------------------------------------------------
 # weights_sha256
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
 from acd import load_model
-from acd.graph import ComputeGraph
+from acd.graph import ComputeGraph, GraphShape
 
 
 def test_gpt2_small_has_eap_igs_counts():
@@ -145,3 +147,125 @@ def test_valid_edges_are_exactly_the_dependencies_of_the_real_model(make_tiny_mo
         changed = _destination_reads(model, graph, u)
         observed[u] = (changed - base).abs().flatten(1).amax(dim=1) > 1e-6
     assert torch.equal(observed, graph.valid), graph.edge_names(observed ^ graph.valid)
+
+
+# --- the node model: indices against expectations built from names and configs --------------
+
+_PORT_NAME = re.compile(r"^a(\d+)\.([hg])(\d+)<([qkv])>$")
+
+
+def _expected_from_names(graph: ComputeGraph):
+    """(port -> computing nodes, port -> named node, port -> block), brute force from the port
+    and node names alone: a{l}.h{h}<x> is read by head h of layer l, a{l}.g{g}<x> by every
+    query head of layer l whose group h // (H / G) is g."""
+    per_group = graph.n_heads // graph.n_kv_heads
+    names = graph.nodes
+    readers, named, blocks = [], [], []
+    for port in graph.destinations:
+        match = _PORT_NAME.match(port.name)
+        if match is None:  # m{l} or logits: the port is named after its node
+            readers.append({names.index(port.name)})
+            named.append(names.index(port.name))
+            layer = graph.n_layers if port.name == "logits" else int(port.name[1:])
+            blocks.append(layer)
+            continue
+        layer, letter, index = int(match[1]), match[2], int(match[3])
+        if letter == "h":
+            readers.append({names.index(f"a{layer}.h{index}")})
+        else:
+            heads = [h for h in range(graph.n_heads) if h // per_group == index]
+            readers.append({names.index(f"a{layer}.h{h}") for h in heads})
+        named.append(names.index(port.name.split("<")[0]))
+        blocks.append(layer)
+    return readers, named, blocks
+
+
+GQA_CONFIG = LlamaConfig(num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [GQA_CONFIG, GPT2Config(n_layer=3, n_head=4), {"n_layers": 2, "n_heads": 4, "attn_only": True}],
+)
+def test_port_and_node_indices_match_a_brute_force_from_names(config):
+    graph = ComputeGraph.from_config(config)
+    readers, named, blocks = _expected_from_names(graph)
+    assert [set(nodes) for nodes in graph.port_nodes] == readers
+    for n in range(graph.n_nodes):  # node_ports is the exact inverse, in index order
+        assert list(graph.node_ports[n]) == [j for j in range(graph.n_dst) if n in readers[j]]
+    assert graph.dst_node_ids.tolist() == named
+    assert graph.dst_layers.tolist() == blocks
+    assert [graph.nodes[i] for i in named] == [p.node for p in graph.destinations]
+
+
+def test_gqa_key_value_groups_are_nodes_that_list_their_heads():
+    graph = ComputeGraph.from_config(GQA_CONFIG)  # 8 query heads, 2 key/value groups
+    groups = [n for n in graph.node_views if n.kind == "kv_group"]
+    assert [g.name for g in groups] == [f"a{layer}.g{g}" for layer in range(3) for g in range(2)]
+    assert [g.heads for g in groups[:2]] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert all(g.layer == int(g.name[1]) and g.group == int(g.name[-1]) for g in groups)
+    heads = [n for n in graph.node_views if n.kind == "head"]
+    assert all(h.head in groups[h.group].heads for h in heads)
+    for g in groups:  # a group computes nothing: its ports feed its heads
+        node_id = graph.node_index[g.name]
+        assert graph.node_ports[node_id] == ()
+        assert all(node_id not in nodes for nodes in graph.port_nodes)
+    assert graph.nodes[-1] == "logits" and graph.node("a1.g1") is groups[3]
+
+
+def test_gpt2_small_node_model_has_the_counts_of_its_config():
+    config = GPT2Config()
+    L, H = config.n_layer, config.n_head
+    graph = ComputeGraph.from_config(config)
+    kinds = [n.kind for n in graph.node_views]
+    assert len(kinds) == graph.n_nodes == 1 + L * (H + 1) + 1
+    assert {k: kinds.count(k) for k in set(kinds)} == {
+        "input": 1,
+        "head": L * H,
+        "mlp": L,
+        "logits": 1,
+    }
+    assert all(len(nodes) == 1 for nodes in graph.port_nodes)  # no GQA: one reader per port
+    by_kind = {"input": 0, "head": 3, "mlp": 1, "logits": 1}  # q, k, v of a head
+    assert [len(p) for p in graph.node_ports] == [by_kind[k] for k in kinds]
+    assert torch.bincount(graph.dst_layers).tolist() == [3 * H + 1] * L + [1]
+    assert torch.bincount(graph.src_layers + 1).tolist() == [1] + [H + 1] * L
+    assert graph.node_layers.tolist() == [*graph.src_layers.tolist(), L]
+    assert int(graph.dst_n_before.sum()) == graph.n_edges == 32491
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        GraphShape(n_layers=3, n_heads=4, n_kv_heads=4),
+        GraphShape(n_layers=3, n_heads=4, n_kv_heads=2, parallel_attn_mlp=True),
+        GraphShape(n_layers=2, n_heads=2, n_kv_heads=1, has_mlp=False),
+    ],
+)
+def test_n_before_and_valid_follow_the_layer_rule(shape):
+    """The rule of the module docstring, by layers: a port reads every source of earlier
+    layers (and input); a sequential MLP also its own layer's heads; logits everything."""
+    graph = ComputeGraph(shape)
+    expected = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
+    for i, src in enumerate(graph.sources):
+        src_layer = -1 if src.layer is None else src.layer
+        for j, port in enumerate(graph.destinations):
+            same_layer_head = src.kind == "head" and src_layer == port.layer
+            sequential_mlp = port.kind == "mlp" and not shape.parallel_attn_mlp
+            expected[i, j] = (
+                port.kind == "logits"
+                or src_layer < port.layer
+                or (sequential_mlp and same_layer_head)
+            )
+    assert torch.equal(graph.valid, expected)
+    assert graph.dst_n_before.tolist() == expected.sum(dim=0).tolist()
+
+
+def test_sources_are_the_first_nodes_and_lookups_are_cached():
+    graph = ComputeGraph.from_config(GQA_CONFIG)
+    assert graph.node_views[: graph.n_src] == graph.sources
+    assert graph.src_node_ids.tolist() == list(range(graph.n_src))
+    assert all(graph.node_index[n.name] == graph.src_index[n.name] for n in graph.sources)
+    assert graph.node_ports is graph.node_ports and graph.dst_layers is graph.dst_layers
+    with pytest.raises(KeyError, match="no node named 'a9.h0'"):
+        graph.node("a9.h0")

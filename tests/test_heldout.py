@@ -33,6 +33,8 @@ from acd.heldout import (
 )
 from acd.tasks import PromptPair, load_task
 
+QUIET = acd.RunConfig(progress=False)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -305,7 +307,7 @@ def test_the_docs_gift_example_fails_the_gate(toy, tmp_path):
     (tmp_path / "names.txt").write_text((REPO / "tasks" / "names.txt").read_text())
     (tmp_path / "gift.toml").write_text(re.findall(r"```toml\n(.*?)```", doc, flags=re.S)[0])
     with pytest.raises(AcdError, match="does not tell clean from corrupted") as info:
-        acd.discover(str(tmp_path / "gift.toml"), toy, method="eap", progress=False)
+        acd.discover(str(tmp_path / "gift.toml"), toy, method="eap", run=QUIET)
     message = str(info.value)
     assert "\n" not in message
     assert re.search(r"clean 0\.010\d*, corrupted 0\.010\d*", message), message
@@ -316,7 +318,9 @@ def test_identical_clean_and_corrupted_prompts_stop_discovery_unless_forced(toy)
     rows = [replace(p, corrupted=p.clean) for p in ioi_rows(8)]
     task = acd.tasks.PairsTask("same", "pairs", "logit_diff", "", "", rows=rows)
     with pytest.raises(AcdError, match=r"difference \+0 is within 2 standard errors"):
-        acd.discover(task, toy, method="eap", progress=False)
+        acd.discover(task, toy, method="eap", run=QUIET)
     with pytest.warns(AcdWarning, match="scoring anyway"):
-        circuit = acd.discover(task, toy, method="eap", progress=False, force=True)
+        circuit = acd.discover(
+            task, toy, method="eap", run=acd.RunConfig(progress=False, force=True)
+        )
     assert circuit.metrics["metric_full"] == circuit.metrics["metric_empty"]

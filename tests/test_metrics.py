@@ -22,16 +22,15 @@ def hand_batch() -> PromptBatch:
     two for logprob / kl (``score_mask`` replaced in ``multi_position``); answer sets padded."""
     score_mask = torch.zeros(N, T, dtype=torch.bool)
     score_mask[0, 3] = score_mask[1, 2] = score_mask[2, 3] = True
-    return PromptBatch(
-        clean=torch.ones(N, T, dtype=torch.long),
-        corrupted=torch.ones(N, T, dtype=torch.long),
-        lengths=torch.tensor([4, 3, 4]),
+    return PromptBatch.from_token_ids(
+        torch.ones(N, T, dtype=torch.long),
+        torch.ones(N, T, dtype=torch.long),
+        lengths=[4, 3, 4],
         score_mask=score_mask,
+        # Targets at unscored positions too: multi_position scores more of them.
         targets=torch.tensor([[0, 1, 2, 3], [4, 5, 6, 0], [6, 5, 4, 3]]),
-        correct=torch.tensor([[1, 2], [3, 0], [5, 6]]),
-        correct_mask=torch.tensor([[True, True], [True, False], [True, True]]),
-        wrong=torch.tensor([[4, 0], [5, 6], [2, 0]]),
-        wrong_mask=torch.tensor([[True, False], [True, True], [True, False]]),
+        correct=[[1, 2], [3], [5, 6]],
+        wrong=[[4], [5, 6], [2]],
         metric="prob_diff",
     )
 

@@ -445,3 +445,33 @@ def test_a_run_from_a_late_layer_gives_the_full_logits(tiny_models, kind):
 def test_gpt2_accepts_logits_to_keep(tiny_models):
     model, _ = tiny_models["gpt2"]
     assert model.accepts_logits_to_keep is True
+
+
+def test_weights_sha256_is_kept_until_a_weight_changes(tiny_gpt2_dir):
+    """The digest of an unchanged model is reused; an in-place change or a replaced tensor
+    gives the digest of a fresh hash of the changed bytes."""
+    import hashlib
+
+    from acd.models import weights_sha256
+    from acd.models.weights import _raw_bytes
+
+    model = load_model(tiny_gpt2_dir, device="cpu")  # its own copy: the test changes it
+
+    def fresh() -> str:
+        state = model.bridge.original_model.state_dict()
+        digest = hashlib.sha256()
+        for name in sorted(state):
+            tensor = state[name].detach()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+            digest.update(_raw_bytes(tensor))
+        return digest.hexdigest()
+
+    before = weights_sha256(model)
+    assert before == fresh() and weights_sha256(model) == before
+    weight = next(model.bridge.original_model.parameters())
+    with torch.no_grad():
+        weight.add_(1.0)  # in place: the version counter moves
+    changed = weights_sha256(model)
+    assert changed != before and changed == fresh()
+    weight.data = weight.data.clone()  # a replaced tensor, same bytes: the same digest
+    assert weights_sha256(model) == changed

@@ -44,21 +44,9 @@ def random_tokens(seed: int, batch: int = 3, pos: int = 6) -> torch.Tensor:
 
 
 def prompt_batch(clean: torch.Tensor) -> PromptBatch:
-    """A batch of full-length prompts (only clean ids and lengths matter for mean_sources)."""
-    n, pos = clean.shape
-    zeros = torch.zeros(n, 1, dtype=torch.long)
-    return PromptBatch(
-        clean=clean,
-        corrupted=clean,
-        lengths=torch.full((n,), pos),
-        score_mask=torch.zeros(n, pos, dtype=torch.bool),
-        targets=torch.zeros(n, pos, dtype=torch.long),
-        correct=zeros,
-        correct_mask=zeros.bool(),
-        wrong=zeros,
-        wrong_mask=zeros.bool(),
-        metric="logit_diff",
-    )
+    """A batch of full-length prompts without answers (only clean ids and lengths matter for
+    mean_sources)."""
+    return PromptBatch.from_token_ids(clean, clean, correct=[[]] * len(clean), metric="logit_diff")
 
 
 def plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:

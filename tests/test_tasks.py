@@ -13,7 +13,15 @@ from transformers import PreTrainedTokenizerFast
 
 from acd.errors import TaskError
 from acd.models.train_toy import TASK_NAMES, build_tokenizer, task_vocabulary
-from acd.tasks import InductionTask, TemplateTask, list_tasks, load_task
+from acd.tasks import (
+    BATCH_TENSOR_FIELDS,
+    InductionTask,
+    PromptBatch,
+    PromptPair,
+    TemplateTask,
+    list_tasks,
+    load_task,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -400,3 +408,115 @@ def test_docs_worked_example_runs(toy_tokenizer, tmp_path):
     batch = task.make_batch(toy_tokenizer, 8, seed=0)
     assert len(batch) == 8
     assert torch.equal(batch.score_mask.sum(1), torch.ones(8, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------------------------
+# PromptBatch.from_token_ids
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    """BOS, then the text's token ids: the layout encode_pairs gives."""
+    return [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _answer_id(tokenizer, prompt: str, answer: str) -> int:
+    """The one token ``answer`` adds after ``prompt``."""
+    return _ids(tokenizer, prompt + answer)[-1]
+
+
+def _induction_mask(pairs, lengths: list[int]) -> torch.Tensor:
+    """[N, T] bool: from the position before word ``score_from_word`` (after BOS) to the one
+    before the last token."""
+    mask = torch.zeros(len(pairs), max(lengths), dtype=torch.bool)
+    for i, (p, length) in enumerate(zip(pairs, lengths)):
+        mask[i, p.score_from_word : length - 1] = True
+    return mask
+
+
+@pytest.mark.parametrize("tokenizer_name", ["toy_tokenizer", "bpe_tokenizer"])
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_a_batch_from_token_ids_is_the_encoded_batch(request, tokenizer_name, name):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    task = load_task(name)
+    pairs = task.prompt_pairs(6, seed=1)
+    clean = [_ids(tokenizer, p.clean) for p in pairs]
+    # The encoder's padding: the pad token, else EOS (the BPE tokenizer has no pad token).
+    pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None)
+    built = PromptBatch.from_token_ids(
+        clean,
+        [_ids(tokenizer, p.corrupted) for p in pairs],
+        correct=[[_answer_id(tokenizer, p.clean, a) for a in p.answers] for p in pairs],
+        wrong=[[_answer_id(tokenizer, p.clean, w) for w in p.wrongs] for p in pairs],
+        metric=task.metric,
+        score_mask=_induction_mask(pairs, [len(r) for r in clean]) if name == "induction" else None,
+        pad_id=pad_id,
+        pairs=pairs,
+    )
+    encoded = task.encode(pairs, tokenizer)
+    for field in BATCH_TENSOR_FIELDS:
+        assert getattr(built, field).dtype == getattr(encoded, field).dtype, field
+        assert torch.equal(getattr(built, field), getattr(encoded, field)), field
+    assert (built.metric, built.pairs) == (encoded.metric, encoded.pairs)
+    if name == "induction":  # the default targets: each scored position's next token
+        assert built.targets[built.score_mask].ne(0).all()
+
+
+def test_from_token_ids_fills_the_defaults():
+    """Ragged rows are right-padded; lengths, the last-token score mask, targets (none at the
+    last token) and the answer masks follow from the ids."""
+    batch = PromptBatch.from_token_ids(
+        [[5, 6, 7], [5, 8]],
+        [[5, 9, 7], [5, 9]],
+        correct=[[1, 2], [3]],
+        metric="logit_diff",
+        pad_id=4,
+    )
+    assert batch.clean.tolist() == [[5, 6, 7], [5, 8, 4]]
+    assert batch.corrupted.tolist() == [[5, 9, 7], [5, 9, 4]]
+    assert batch.lengths.tolist() == [3, 2]
+    assert batch.score_mask.tolist() == [[False, False, True], [False, True, False]]
+    assert not batch.targets.any()
+    assert batch.correct.tolist() == [[1, 2], [3, 0]]
+    assert batch.correct_mask.tolist() == [[True, True], [True, False]]
+    assert batch.wrong.tolist() == [[0], [0]] and not batch.wrong_mask.any()
+    full = PromptBatch.from_token_ids(
+        torch.tensor([[1, 2, 3]]),
+        torch.tensor([[1, 3, 3]]),
+        correct=torch.tensor([[2]]),
+        metric="logprob",
+        score_mask=torch.tensor([[True, True, False]]),
+    )
+    assert full.lengths.tolist() == [3] and full.targets.tolist() == [[2, 3, 0]]
+    assert full.correct_mask.tolist() == [[True]]
+
+
+TWO = torch.tensor([[1, 2, 3], [1, 2, 3]])
+BAD_BATCHES = [
+    ({"clean": torch.tensor([1, 2, 3])}, "clean token ids must be a non-empty \\[N, T\\] tensor"),
+    ({"clean": TWO.float()}, "clean token ids must be integers"),
+    ({"corrupted": TWO[:, :2]}, "do not match the clean ones"),
+    ({"clean": [[1, 2], [1]], "corrupted": [[1, 2], [1, 2]]}, "do not match the clean ones"),
+    ({"clean": [], "corrupted": []}, "at least one prompt"),
+    ({"lengths": [3]}, "lengths must have shape \\(2,\\)"),
+    ({"lengths": [3, 4]}, "lengths must lie in 1..3"),
+    ({"score_mask": torch.ones(2, 2, dtype=torch.bool)}, "score_mask must have shape \\(2, 3\\)"),
+    ({"score_mask": torch.ones(2, 3, dtype=torch.long)}, "score_mask must be a bool tensor"),
+    ({"lengths": [3, 2], "score_mask": torch.ones(2, 3, dtype=torch.bool)}, "padding of prompt 1"),
+    ({"score_mask": torch.zeros(2, 3, dtype=torch.bool)}, "scores no position of prompt 0"),
+    ({"targets": torch.zeros(2, 4, dtype=torch.long)}, "targets must have shape \\(2, 3\\)"),
+    ({"correct": torch.tensor([5, 6])}, "correct answer ids must be an \\[N, K\\] tensor"),
+    ({"wrong": [[5]]}, "wrong answer ids: 1 lists given for 2 prompts"),
+    ({"correct": [[5], [-1]]}, "correct answer ids must be non-negative"),
+    ({"metric": "accuracy"}, "unknown metric 'accuracy'"),
+    ({"pairs": [PromptPair("a", "b")]}, "1 prompt pairs given for 2 prompts"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_BATCHES)
+def test_bad_token_id_batches_are_one_line_errors(change, message):
+    arguments = {"clean": TWO, "corrupted": TWO, "correct": [[5], [6]], "metric": "logit_diff"}
+    arguments.update(change)
+    clean, corrupted = arguments.pop("clean"), arguments.pop("corrupted")
+    with pytest.raises(TaskError, match=message) as caught:
+        PromptBatch.from_token_ids(clean, corrupted, **arguments)
+    assert "\n" not in str(caught.value)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from acd import discover
+from acd import RunConfig, discover
 from acd.models import load_model
 from acd.roles import (
     adapter_patterns,
@@ -47,7 +47,7 @@ def test_the_model_has_previous_token_and_induction_heads(roles):
 
 
 def test_induction_circuit_has_k_composition(toy, roles):
-    circuit = discover("induction", toy, progress=False)
+    circuit = discover("induction", toy, run=RunConfig(progress=False))
     previous, induction = roles.with_role("previous_token"), roles.with_role("induction")
     assert previous and induction
     k_composition = [
@@ -78,5 +78,5 @@ def test_ioi_circuit_has_a_head_that_attends_from_the_end_to_the_io_name(toy):
         if to_io[layer, head] >= 0.5 and to_io[layer, head] >= 2 * to_s[layer, head]
     }
     assert movers, (to_io, to_s)
-    circuit = discover("ioi", toy, progress=False)
+    circuit = discover("ioi", toy, run=RunConfig(progress=False))
     assert movers & set(circuit.nodes), (movers, circuit.nodes)

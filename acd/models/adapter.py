@@ -140,6 +140,8 @@ class ModelAdapter:
     spec: ModelSpec
     weights_dir: Path | None = field(default=None, repr=False)
     _weights_hash: str | None = field(default=None, init=False, repr=False)
+    # weights_sha256's last digest, with the tensor versions it was computed at.
+    _weights_sha256_cache: tuple | None = field(default=None, init=False, repr=False)
 
     # --- size and identity -------------------------------------------------------------------
 

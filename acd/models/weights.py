@@ -61,12 +61,23 @@ def weights_sha256(model: ModelAdapter) -> str:
     """
     module = getattr(model.bridge, "original_model", None)
     state = (model.bridge if module is None else module).state_dict()
+    # The digest is kept with a key of every tensor's storage and version counter: an in-place
+    # change bumps the counter (also under no_grad), a replaced tensor changes the storage, so
+    # a changed model is always hashed again, and an unchanged one (the next discover, a
+    # checkpoint header) costs no second pass over its bytes.
+    key = tuple(
+        (name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in state.items()
+    )
+    cached = getattr(model, "_weights_sha256_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(_raw_bytes(tensor))
-    return digest.hexdigest()
+    model._weights_sha256_cache = (key, digest.hexdigest())
+    return model._weights_sha256_cache[1]
 
 
 def _raw_bytes(tensor: torch.Tensor):

@@ -1,0 +1,149 @@
+"""``acd discover``: find a task's circuit in a model and write its files.
+
+``_discover_options`` is the one place where the parsed arguments become
+``acd.discover.discover``'s keywords; everything that can be refused is refused there or in
+the checks that follow it, before the model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from acd.cli.common import diagram_formats, load_command_model, quiet_transformers
+from acd.errors import AcdError, AcdWarning
+from acd.outputs import discover_out_dir, save_or_rescue
+from acd.preflight import check_memory, check_out_dir, check_out_file, prompt_tokens
+from acd.run_checks import check_graph_size, check_model, discovery_prompts
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Check every argument, load the model, discover, save, print the summary (rank 0)."""
+    from acd.distributed import init_from_env, is_main
+    from acd.tasks import load_task
+
+    init_from_env()
+    quiet_transformers()
+    main_rank = is_main()
+    # Everything that can be checked without the model is checked before it loads.
+    options = _discover_options(args)
+    task = load_task(args.task)
+    out = discover_out_dir(args.out, args.model, task.name, args.method)
+    check_out_dir(out)
+    if args.checkpoint:
+        check_out_file(args.checkpoint, "--checkpoint")
+    config = check_model(args.model, args.device)
+    options["prompts"], sample = discovery_prompts(task, args.prompts, args.seed)
+    check_graph_size(config, args.edges, args.candidates)
+    check_memory(options["prompts"], prompt_tokens(sample), config, args.batch_size, args.device)
+    model = load_command_model(args.model, args.device, args.dtype, quiet=not main_rank)
+    circuit, caught = _discover_recording_warnings(task, model, options)
+    if not main_rank:
+        return 0
+    _print_warnings(caught)
+    saved = save_or_rescue(circuit, out, diagram_formats(args.format))
+    _print_saved(circuit, saved, out)
+    return 0
+
+
+# Options that only some methods read; given with another method they are refused, not ignored.
+_METHOD_OPTIONS = {
+    "--edges": ("edges", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
+    "--threshold": ("threshold", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
+    "--selection": ("selection", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
+    "--tau": ("tau", ("acdc", "hybrid"), "--method acdc or hybrid"),
+    "--candidates": ("candidates", ("hybrid",), "--method hybrid"),
+    "--scoring": ("scoring", ("hybrid",), "--method hybrid"),
+    "--checkpoint": ("checkpoint", ("acdc", "hybrid"), "--method acdc or hybrid"),
+    "--rows-per-forward": ("rows_per_forward", ("acdc", "hybrid"), "--method acdc or hybrid"),
+}
+
+
+def _discover_options(args: argparse.Namespace) -> dict:
+    """discover()'s keywords from the command line: the method and selection objects
+    (acd.methods, which check their own parameters) and the RunConfig, refusing (AcdError)
+    every option the chosen method does not read and every combination that cannot work, all
+    before anything is loaded."""
+    from acd.discover import RunConfig
+    from acd.distributed import is_main
+    from acd.methods import method_from_name, selection_from_name
+
+    method = args.method
+    for flag, (attr, methods, where) in _METHOD_OPTIONS.items():
+        if getattr(args, attr) is not None and method not in methods:
+            raise AcdError(f"{flag} applies to {where}, not --method {method}")
+    scoring = args.scoring or "eap-ig"
+    uses_ig = method == "eap-ig" or (method == "hybrid" and scoring == "eap-ig")
+    if args.ig_steps is not None and not uses_ig:
+        raise AcdError(
+            f"--ig-steps applies to --method eap-ig (or hybrid with --scoring eap-ig), "
+            f"not --method {method}" + (f" --scoring {scoring}" if method == "hybrid" else "")
+        )
+    if args.threshold is not None and args.selection is not None:
+        raise AcdError("--selection picks --edges edges; --threshold keeps all above it: not both")
+    if method in ("acdc", "hybrid") and args.tau is None:
+        raise AcdError(f"--method {method} needs --tau (e.g. --tau 0.01)")
+    if method == "hybrid" and args.candidates is None:
+        raise AcdError("--method hybrid needs --candidates K (edges passed to ACDC)")
+    options: dict = dict(
+        seed=args.seed,
+        prune=not args.no_prune,
+        run=RunConfig(
+            metric=args.metric,
+            ablation=args.ablation,
+            batch_size=args.batch_size,
+            progress=is_main() and not args.quiet,
+            force=args.force,
+        ),
+    )
+    options["method"] = method_from_name(
+        method,
+        ig_steps=args.ig_steps,
+        tau=args.tau,
+        # --metric is the search's metric too (default kl) and the evaluation's.
+        metric=args.metric,
+        candidates=args.candidates,
+        scoring=scoring,
+        checkpoint=args.checkpoint,
+        rows_per_forward=args.rows_per_forward,
+    )
+    if method not in ("acdc", "hybrid"):
+        if args.threshold is not None:
+            options["select"] = selection_from_name("threshold", threshold=args.threshold)
+        else:
+            options["select"] = selection_from_name(args.selection or "topn", edges=args.edges)
+    return options
+
+
+def _discover_recording_warnings(task, model, options: dict):
+    """discover()'s circuit, and the warnings it gave (every AcdWarning, even a repeated one),
+    for ``_print_warnings`` to show once the bars are done."""
+    from acd.discover import discover
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AcdWarning)
+        circuit = discover(task, model, **options)
+    return circuit, caught
+
+
+def _print_warnings(caught: list) -> None:
+    """acd's warnings as one ``warning:`` line each; any other warning as Python shows it."""
+    for w in caught:
+        if issubclass(w.category, AcdWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _print_saved(circuit, saved, out) -> None:
+    """The run's summary, then the files written into ``out`` and the diagram's path."""
+    print()
+    print(circuit.summary_markdown().rstrip())
+    print()
+    print(f"wrote {len(saved.paths)} files to {out}/: " + ", ".join(p.name for p in saved.paths))
+    diagrams = [p for p in saved.paths if p.suffix in (".svg", ".png", ".pdf")]
+    if diagrams:
+        print(f"diagram: {diagrams[0]}")
+    if saved.note:
+        print(saved.note)

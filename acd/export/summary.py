@@ -1,0 +1,86 @@
+"""summary.md: a short human-readable summary of a circuit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from acd.circuit import Circuit
+from acd.heldout import split_line
+
+
+def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
+    """A short Markdown summary: what was run, how big the circuit is, how faithful, how long,
+    and the ``top`` kept edges by |score|."""
+    m = circuit.metrics
+    total = circuit.graph.n_edges
+    share = 100.0 * circuit.n_edges / total if total else 0.0
+    sha = f" (sha256 {circuit.model_sha256[:12]})" if circuit.model_sha256 else ""
+    params = ", ".join(f"{k}={v}" for k, v in circuit.params.items()) or "none"
+    lines = [
+        f"# Circuit: {circuit.task} in {circuit.model}",
+        "",
+        f"- Task: {circuit.task}",
+        f"- Model: {circuit.model}{sha}",
+        f"- Method: {circuit.method}; seed {circuit.seed}",
+        *_prompts_lines(circuit),
+        f"- Parameters: {params}",
+        f"- Edges kept: {circuit.n_edges} of {total} ({share:.2f}%)",
+        f"- Faithfulness: {_faithfulness_line(m)}",
+        f"- Metric ({m.get('metric', 'n/a')}): clean {_num(m.get('metric_full'))}, circuit "
+        f"{_num(m.get('metric_circuit'))}, corrupted (empty circuit) {_num(m.get('metric_empty'))}",
+        f"- Time: {_num(m.get('seconds'))} s",
+        f"- Created: {circuit.created or 'n/a'}",
+        "",
+        f"## Top {top} kept edges by |score|",
+        "",
+        "| # | source | destination | score |",
+        "|---|---|---|---|",
+    ]
+    for rank, (src, dst, score) in enumerate(_top_edges(circuit, top), start=1):
+        lines.append(f"| {rank} | {src} | {dst} | {score:.4g} |")
+    if not circuit.n_edges:
+        lines.append("| - | (no edges kept) | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _prompts_lines(circuit: Circuit) -> list[str]:
+    """Which prompts the circuit was found on, and whether evaluation can hold any out."""
+    if circuit.prompt_split is None:
+        return []
+    n = circuit.params.get("prompts", circuit.prompt_split.discovery)
+    return [f"- Prompts: {split_line(circuit.prompt_split, n)}"]
+
+
+def _faithfulness_line(m: dict[str, Any]) -> str:
+    """``faithfulness`` (of the mean metrics), then the per-prompt spread where recorded."""
+    if "faithfulness" not in m:
+        return "n/a"
+    spread = []
+    if "faithfulness_mean" in m:
+        spread.append(f"mean {_num(m['faithfulness_mean'])}")
+    if "faithfulness_std" in m:
+        spread.append(f"std {_num(m['faithfulness_std'])}")
+    if "faithfulness_p05" in m and "faithfulness_p95" in m:
+        spread.append(f"p05–p95 {_num(m['faithfulness_p05'])}–{_num(m['faithfulness_p95'])}")
+    if "n_prompts" in m:
+        spread.append(f"{m['n_prompts']} prompts")
+    line = _num(m["faithfulness"])
+    return f"{line} (per prompt: {', '.join(spread)})" if spread else line
+
+
+def _top_edges(circuit: Circuit, top: int) -> list[tuple[str, str, float]]:
+    """The ``top`` kept edges by |score|, largest first (ties in index order)."""
+    graph = circuit.graph
+    kept = circuit.mask.nonzero().tolist()
+    values = circuit.scores[circuit.mask].tolist()  # same row-major order as ``kept``
+    order = sorted(range(len(kept)), key=lambda n: -abs(values[n]))[:top]
+    return [
+        (graph.sources[kept[n][0]].name, graph.destinations[kept[n][1]].name, values[n])
+        for n in order
+    ]
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "n/a" if value is None else str(value)
+    return f"{value:.4g}"

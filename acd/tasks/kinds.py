@@ -1,0 +1,225 @@
+"""Task kinds: a task is a name, a metric and a way to make prompt pairs for a seed.
+
+- ``TemplateTask``: prompts made by filling the {variables} of clean/corrupted templates with
+  words drawn from lists (IOI, greater-than, and most user tasks);
+- ``InductionTask``: a random word sequence repeated once (the corrupted prompt's first half is
+  replaced by other words, so nothing can be copied);
+- ``PairsTask``: prompt pairs read from a CSV or JSONL file (EAP-IG's column names work).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import acd.tasks
+from acd.errors import TaskError
+from acd.tasks.batch import PromptBatch, PromptPair
+
+
+def _encode_pairs(pairs: Sequence[PromptPair], tokenizer: Any, metric: str) -> PromptBatch:
+    """``acd.tasks.encode_pairs``, looked up on the package at each call so that one patch of
+    ``acd.tasks.encode_pairs`` (tests/test_heldout.py records every encoding) sees them all."""
+    return acd.tasks.encode_pairs(pairs, tokenizer, metric)
+
+
+@dataclass
+class Task(ABC):
+    """A task: a name, a metric, and a way to make prompt pairs for a seed."""
+
+    name: str
+    kind: str
+    metric: str
+    description: str
+    source: str
+
+    @abstractmethod
+    def prompt_pairs(self, n: int, seed: int = 0) -> list[PromptPair]:
+        """``n`` prompt pairs, the same for the same seed (each kind below defines it)."""
+
+    def encode(self, pairs: Sequence[PromptPair], tokenizer: Any) -> PromptBatch:
+        return _encode_pairs(pairs, tokenizer, self.metric)
+
+    def make_batch(self, tokenizer: Any, n: int, seed: int = 0) -> PromptBatch:
+        """``n`` validated prompt pairs for ``tokenizer``, deterministic in ``seed``."""
+        if n < 1:
+            raise TaskError(f"the number of prompts must be at least 1, got {n}")
+        return self.encode(self.prompt_pairs(n, seed), tokenizer)
+
+
+@dataclass
+class TemplateTask(Task):
+    """Prompts from clean/corrupted templates whose {variables} are drawn from word lists."""
+
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)
+    distinct: list[list[str]] = field(default_factory=list)
+    templates: list[tuple[str, str]] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
+    answer_sets: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Parallel to ``templates``: each template's group label ("" for none), e.g. ABBA / BABA.
+    groups: list[str] = field(default_factory=list)
+    # Leading filler: a number of entries drawn from ``lists[prefix_list]`` (uniformly in
+    # ``prefix_count``, inclusive) put before both prompts of a pair, so the variables move.
+    prefix_list: str | None = None
+    prefix_count: tuple[int, int] = (0, 0)
+
+    def restricted(self, group: str | None = None, prefix_count: int | None = None) -> TemplateTask:
+        """The same task with only the templates of ``group`` and/or exactly ``prefix_count``
+        filler entries in front (used to measure a model per template group and filler size)."""
+        keep = [i for i, g in enumerate(self.group_labels()) if group is None or g == group]
+        if not keep:
+            raise TaskError(f"task {self.name!r} has no templates in group {group!r}")
+        if prefix_count is not None and prefix_count > 0 and self.prefix_list is None:
+            raise TaskError(f"task {self.name!r} has no [prefix] list to draw fillers from")
+        return replace(
+            self,
+            templates=[self.templates[i] for i in keep],
+            groups=[self.group_labels()[i] for i in keep],
+            prefix_count=self.prefix_count if prefix_count is None else (prefix_count,) * 2,
+        )
+
+    def group_labels(self) -> list[str]:
+        return self.groups or [""] * len(self.templates)
+
+    def draw_prefix(self, rng: random.Random) -> str:
+        """The filler put before a prompt pair: "" or entries of the prefix list, then a space."""
+        count = _draw(rng, self.prefix_count)
+        if count == 0 or self.prefix_list is None:
+            return ""
+        return " ".join(rng.choices(self.lists[self.prefix_list], k=count)) + " "
+
+    def draw_values(self, rng: random.Random) -> dict[str, str]:
+        """One value per variable; variables in a ``distinct`` group take different values."""
+        values: dict[str, str] = {}
+        group_of = {v: i for i, group in enumerate(self.distinct) for v in group}
+        used: dict[int, set[str]] = {i: set() for i in range(len(self.distinct))}
+        for var, list_name in self.variables.items():
+            options = self.lists[list_name]
+            group = group_of.get(var)
+            if group is not None:
+                options = [o for o in options if o not in used[group]]
+                if not options:
+                    raise TaskError(
+                        f"task {self.name!r}: list {list_name!r} is too short for the "
+                        f"distinct variables {self.distinct[group]}"
+                    )
+            values[var] = rng.choice(options)
+            if group is not None:
+                used[group].add(values[var])
+        return values
+
+    def _answer_set(self, which: str, values: dict[str, str]) -> tuple[str, ...]:
+        spec = self.answer_sets[which]
+        pivot = int(values[spec["with"]])
+        compare = {
+            ">": pivot.__lt__,
+            ">=": pivot.__le__,
+            "<": pivot.__gt__,
+            "<=": pivot.__ge__,
+        }[spec["compare"]]
+        prefix = spec.get("prefix", "")
+        return tuple(prefix + item for item in self.lists[spec["list"]] if compare(int(item)))
+
+    def prompt_pairs(self, n: int, seed: int = 0) -> list[PromptPair]:
+        rng = random.Random(f"{self.name}:{seed}")
+        pairs = []
+        for _ in range(n):
+            clean_t, corrupt_t = rng.choice(self.templates)
+            values = self.draw_values(rng)
+            prefix = self.draw_prefix(rng)
+            if self.answer_sets:
+                answers = self._answer_set("correct", values)
+                wrongs = self._answer_set("wrong", values)
+            else:
+                answers = tuple(a.format(**values) for a in self.answer)
+                wrongs = tuple(w.format(**values) for w in self.wrong)
+            pairs.append(
+                PromptPair(
+                    clean=prefix + clean_t.format(**values),
+                    corrupted=prefix + corrupt_t.format(**values),
+                    answers=answers,
+                    wrongs=wrongs,
+                )
+            )
+        return pairs
+
+
+@dataclass
+class InductionTask(Task):
+    """Random word sequences repeated once, after a random prefix; the metric scores the repeat.
+
+    Each prompt draws its half length uniformly from ``half_lengths`` and its number of leading
+    random words from ``prefix_lengths`` (both inclusive ranges), so the repeat sits at varied
+    offsets and distances: only copying from the earlier occurrence predicts it, not a fixed
+    positional offset.
+    """
+
+    pool: list[str] = field(default_factory=list)
+    half_lengths: tuple[int, int] = (10, 10)
+    prefix_lengths: tuple[int, int] = (0, 0)
+
+    def prompt_pairs(self, n: int, seed: int = 0) -> list[PromptPair]:
+        rng = random.Random(f"{self.name}:{seed}")
+        pairs = []
+        for _ in range(n):
+            half = _draw(rng, self.half_lengths)
+            n_prefix = _draw(rng, self.prefix_lengths)
+            # Draw every word at once so the prefix, the sequence and the corrupted first half
+            # share no word: nothing but the sequence's own first half can be copied.
+            words = rng.sample(self.pool, n_prefix + 2 * half)
+            prefix, seq = words[:n_prefix], words[n_prefix : n_prefix + half]
+            other = words[n_prefix + half :]
+            pairs.append(
+                PromptPair(
+                    clean=" ".join(prefix + seq + seq),
+                    corrupted=" ".join(prefix + other + seq),
+                    # The repeat's second word is the first one that can be predicted by copying.
+                    score_from_word=n_prefix + half + 1,
+                )
+            )
+        return pairs
+
+    def restricted(self, half_length: int, prefix_length: int = 0) -> InductionTask:
+        """The same task with one fixed half length and prefix length."""
+        return replace(self, half_lengths=(half_length,) * 2, prefix_lengths=(prefix_length,) * 2)
+
+    def encode(self, pairs: Sequence[PromptPair], tokenizer: Any) -> PromptBatch:
+        batch = _encode_pairs(pairs, tokenizer, self.metric)
+        bos = 1 if tokenizer.bos_token_id is not None else 0
+        for p, length in zip(pairs, batch.lengths.tolist()):
+            expected = len(p.clean.split()) + bos
+            if length != expected:
+                raise TaskError(
+                    f"induction prompt {p.clean!r} has {length} tokens, expected {expected}: "
+                    "every word of the pool must be a single token"
+                )
+        return batch
+
+
+def _draw(rng: random.Random, bounds: tuple[int, int]) -> int:
+    """A number in the inclusive range; a fixed range draws nothing (so prompts stay the same
+    as a task file without ranges gave)."""
+    lo, hi = bounds
+    return lo if lo == hi else rng.randint(lo, hi)
+
+
+@dataclass
+class PairsTask(Task):
+    """Prompt pairs read from a CSV or JSONL file."""
+
+    rows: list[PromptPair] = field(default_factory=list)
+
+    def prompt_pairs(self, n: int, seed: int = 0) -> list[PromptPair]:
+        """The first ``n`` pairs in a seeded shuffle of the file's rows."""
+        if n > len(self.rows):
+            raise TaskError(
+                f"task {self.name!r} has {len(self.rows)} prompt pairs, {n} were asked for"
+            )
+        order = list(range(len(self.rows)))
+        random.Random(f"{self.name}:{seed}").shuffle(order)
+        return [self.rows[i] for i in order[:n]]
