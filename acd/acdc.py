@@ -185,7 +185,7 @@ def acdc(
     total = int(initial.sum())
     bar = tqdm(total=total, initial=state.visited, desc="acdc", unit="edge", disable=not progress)
     bar.set_postfix(kept=state.n_kept())
-    order = _dst_layers(graph)
+    order = graph.dst_layers
     distance = runner.metric.direction == "lower"
     for v in range(state.next_dst, -1, -1):
         _visit_destination(evaluator, state, v, int(order[v]), tau, distance, bar)
@@ -219,13 +219,6 @@ def _check_arguments(tau: float | None, rows_per_forward: int) -> float:
     if rows_per_forward < 1:
         raise AcdcError(f"rows_per_forward must be at least 1, got {rows_per_forward}")
     return tau
-
-
-def _dst_layers(graph: ComputeGraph) -> torch.Tensor:
-    """The block each destination belongs to: [n_dst] (n_layers for ``logits``)."""
-    return torch.tensor(
-        [graph.n_layers if p.layer is None else p.layer for p in graph.destinations]
-    )
 
 
 def _initial_circuit(graph: ComputeGraph, candidates: torch.Tensor | None) -> torch.Tensor:

@@ -120,17 +120,7 @@ def attribute(
     (module docstring, "Scale").
     """
     _check_arguments(method, ig_steps, variants_per_forward)
-    runner = PromptRunner(
-        model,
-        graph,
-        batch,
-        metric=metric,
-        ablation=ablation,
-        batch_size=batch_size,
-        method=method,
-        ig_steps=ig_steps,
-        error=AttributionError,
-    )
+    runner = _runner(model, graph, batch, method, metric, ablation, batch_size, ig_steps)
     return score_with(
         runner,
         method,
@@ -189,17 +179,7 @@ def node_scores(
     Returns: scores [n_src] on the CPU.
     """
     _check_arguments(method, ig_steps, variants_per_forward)
-    runner = PromptRunner(
-        model,
-        graph,
-        batch,
-        metric=metric,
-        ablation=ablation,
-        batch_size=batch_size,
-        method=method,
-        ig_steps=ig_steps,
-        error=AttributionError,
-    )
+    runner = _runner(model, graph, batch, method, metric, ablation, batch_size, ig_steps)
     if method != "exact":
         return score_with(runner, method, ig_steps=ig_steps, progress=progress).sum(dim=1)
     variants = _node_variants(graph)
@@ -221,6 +201,30 @@ def _check_arguments(method: str, ig_steps: int, variants_per_forward: int) -> N
         raise AttributionError(
             f"variants_per_forward must be at least 1, got {variants_per_forward}"
         )
+
+
+def _runner(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    batch: PromptBatch,
+    method: str,
+    metric: str | Metric | MetricFunction | None,
+    ablation: str,
+    batch_size: int | None,
+    ig_steps: int,
+) -> PromptRunner:
+    """The prompt runner of one scoring call, its chunks sized for ``method``."""
+    return PromptRunner(
+        model,
+        graph,
+        batch,
+        metric=metric,
+        ablation=ablation,
+        batch_size=batch_size,
+        method=method,
+        ig_steps=ig_steps,
+        error=AttributionError,
+    )
 
 
 def _check_edge_mask(edge_mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
@@ -339,20 +343,13 @@ class _Variants:
         return len(self.src)
 
 
-def _dst_layers(graph: ComputeGraph) -> torch.Tensor:
-    """The block each destination belongs to: [n_dst] (n_layers for ``logits``)."""
-    return torch.tensor(
-        [graph.n_layers if p.layer is None else p.layer for p in graph.destinations]
-    )
-
-
 def _edge_variants(graph: ComputeGraph, keep: torch.Tensor) -> _Variants:
     src, dst = keep.nonzero(as_tuple=True)
-    return _Variants(src, dst, _dst_layers(graph)[dst])
+    return _Variants(src, dst, graph.dst_layers[dst])
 
 
 def _node_variants(graph: ComputeGraph) -> _Variants:
-    layers = _dst_layers(graph)
+    layers = graph.dst_layers
     # A node's first destination layer: the earliest block that reads it.
     first = torch.where(graph.valid, layers, graph.n_layers + 1).min(dim=1).values
     src = torch.arange(graph.n_src)

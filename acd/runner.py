@@ -94,17 +94,20 @@ class PromptRunner:
         self.n_total = len(batch)
         self.local = shard_batch(batch)
         local = self.local
+        # ``batch_size`` as asked (None: auto), the same on every rank, for what must agree
+        # across ranks (ACDC's windows); ``chunk_size`` this rank's resolved chunk size.
+        self.batch_size = batch_size
+        self.chunk_size = batch_size
         self.chunks: list[PromptBatch] = []  # none on a rank without prompts (it still joins
         if len(local):  # every collective)
             if batch_size is None:
-                batch_size = auto_batch_size(model, graph, local, method, ig_steps=ig_steps)
-            self.chunks = [c.to(model.device) for c in local.split(batch_size)]
-        self.batch_size = batch_size
+                self.chunk_size = auto_batch_size(model, graph, local, method, ig_steps=ig_steps)
+            self.chunks = [c.to(model.device) for c in local.split(self.chunk_size)]
         self.positions = [c.score_mask.any(dim=0).nonzero().squeeze(1) for c in self.chunks]
         self.means = None
         if ablation == "mean":
             self.means = mean_sources(
-                model, graph, batch, batch_size=self.batch_size, across_ranks=True
+                model, graph, batch, batch_size=self.chunk_size, across_ranks=True
             )
         self._keep_patch = ablation == "corrupted" and self._patch_values_fit()
         self._patch: dict[int, torch.Tensor] = {}
