@@ -148,9 +148,7 @@ class PromptRunner:
         """The clean run's logits at chunk ``i``'s scored positions: [n, k, d_vocab] (one plain
         forward the first time; kept)."""
         if i not in self._clean_at:
-            with torch.no_grad():
-                logits = self.model.bridge(self.chunks[i].clean).to(self.model.device)
-            self.remember_clean(i, logits)
+            self.remember_clean(i, self.model.logits(self.chunks[i].clean))
         return self._clean_at[i]
 
     def remember_clean(self, i: int, logits: torch.Tensor) -> None:

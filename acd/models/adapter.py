@@ -35,7 +35,7 @@ alias used to register it (``blocks.0.hook_resid_pre`` reports ``blocks.0.hook_i
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -258,6 +258,49 @@ class ModelAdapter:
             if self.spec.has_mlp:
                 names += [self.hook_mlp_in(layer), self.hook_mlp_out(layer)]
         return names
+
+    # --- running the model (the seam another backend implements) ---------------------------
+
+    causal: bool = field(default=True, init=False, repr=False)
+    """Whether position t reads only positions <= t (every Hugging Face decoder): the engine
+    then stops a run after the last scored position."""
+
+    def run_with_hooks(
+        self, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]
+    ) -> torch.Tensor:
+        """A forward on ``tokens`` [batch, pos] with ``hooks`` (hook name, fn(x, hook) -> a
+        replacement or None) at this adapter's hook names: logits [batch, pos, d_vocab] on
+        ``device`` (a model split by device_map may return them from its last device)."""
+        return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks).to(self.device)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A plain forward without gradients: logits [batch, pos, d_vocab] on ``device``."""
+        with torch.no_grad():
+            return self.bridge(tokens).to(self.device)
+
+    def run_from_block(
+        self,
+        residual: torch.Tensor,
+        layer: int,
+        hooks: list[tuple[str, Callable]],
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Blocks ``layer`` .. n_layers - 1, the final norm and the unembedding only, without
+        gradients. ``hooks[0]`` must be at ``hook_resid_pre(layer)`` (or ``hook_final_resid()``
+        for ``layer == n_layers``) and replace what arrives there with ``residual``
+        [batch, pos, d_model]. Returns logits [batch, pos, d_vocab], or [batch, k, d_vocab] at
+        ``positions`` [k] only (computed there only where ``accepts_logits_to_keep``)."""
+        kwargs = {}
+        if positions is not None and self.accepts_logits_to_keep:
+            kwargs["logits_to_keep"] = positions.to(self.device)
+        # The input only drives the wrapped model (batch size, length, positions) through
+        # blocks ``layer`` onward; the earlier blocks are taken out of its list for this call.
+        with torch.no_grad(), self.blocks_from(layer):
+            logits = self.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
+        logits = logits.to(self.device)  # from the last device of a model split by device_map
+        if positions is not None and not kwargs:
+            logits = logits[:, positions.to(logits.device)]
+        return logits
 
     # --- running part of the model ----------------------------------------------------------
 

@@ -269,8 +269,7 @@ class HookedRun:
     def run(self) -> torch.Tensor:
         """The logits [batch, pos, d_vocab], on ``model.device`` (a model split by device_map
         may return them from its last device; metrics index them with the batch's tensors)."""
-        logits = self.model.bridge.run_with_hooks(self.tokens, fwd_hooks=self.fwd_hooks())
-        return logits.to(self.model.device)
+        return self.model.run_with_hooks(self.tokens, self.fwd_hooks())
 
 
 def like(model: ModelAdapter) -> dict:

@@ -62,7 +62,7 @@ def run_and_collect_residuals(
     # restart at ``n_layers`` adds its correction to).
     hooks = [(name, recorder(i)) for i, name in enumerate(names)] + run.fwd_hooks()
     with torch.no_grad():
-        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks).to(model.device)
+        logits = model.run_with_hooks(tokens, hooks)
     return logits, run.sources, residuals
 
 
@@ -136,29 +136,7 @@ def run_from_layer(
             for slot in destination_hooks(model, graph)
             if bool(touched[slot.start : slot.stop].any())
         ]
-    return _run_blocks_from(model, residual, layer, hooks, positions)
-
-
-def _run_blocks_from(
-    model: ModelAdapter,
-    residual: torch.Tensor,
-    layer: int,
-    hooks: list[tuple[str, Callable]],
-    positions: torch.Tensor | None,
-) -> torch.Tensor:
-    """Blocks ``layer`` .. end with ``hooks`` (the first replaces the input with ``residual``);
-    logits [batch, pos or k, d_vocab] on ``model.device``, only at ``positions`` if given."""
-    kwargs = {}
-    if positions is not None and model.accepts_logits_to_keep:
-        kwargs["logits_to_keep"] = positions.to(model.device)
-    # The input only drives the wrapped model (batch size, length, positions) through blocks
-    # ``layer`` onward; the earlier blocks are taken out of its list for this call.
-    with torch.no_grad(), model.blocks_from(layer):
-        logits = model.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
-    logits = logits.to(model.device)  # from the last device of a model split by device_map
-    if positions is not None and not kwargs:
-        logits = logits[:, positions.to(logits.device)]
-    return logits
+    return model.run_from_block(residual, layer, hooks, positions)
 
 
 def _delta_hook(slot: HookSlot, deltas: torch.Tensor, dst_mask: torch.Tensor) -> Callable:
@@ -255,7 +233,7 @@ def run_patched_from_layer(
             for slot in destination_hooks(model, graph)
             if slot.start >= first_dst
         ]
-    return _run_blocks_from(model, residual, layer, hooks, positions)
+    return model.run_from_block(residual, layer, hooks, positions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,10 +245,11 @@ class RestartCache:
     """The starting points of runs from a later block, for some prompts (exact scoring, ACDC).
 
     A run R of the prompts (the clean run, or the clean run with some edges patched) recorded
-    up to ``length`` positions (the last scored position: causal attention lets nothing later
-    matter): ``residuals`` [n, length, n_layers + 1, d_model] entering every block and the
-    final norm, ``sources`` [n, length, n_src, d_model] R's source outputs, ``patch``
-    [n, length, n_src, d_model] what patched edges carry, and ``clean_at`` [n, k, d_vocab] the
+    up to ``length`` positions (the last scored position for a causal model: causal attention
+    lets nothing later matter; every position otherwise): ``residuals``
+    [n, length, n_layers + 1, d_model] entering every block and the final norm, ``sources``
+    [n, length, n_src, d_model] R's source outputs, ``patch`` [n, length, n_src, d_model]
+    what patched edges carry, and ``clean_at`` [n, k, d_vocab] the
     *clean* run's logits at ``positions`` [k] (the scored positions, ascending).
 
     ``run_with_deltas`` patches single edges or nodes into the cached run (exact scores);
@@ -307,7 +286,8 @@ class RestartCache:
         reproduce the clean logits of the first prompt (an architecture whose forward does not
         loop over its block list as expected).
         """
-        length = int(positions[-1]) + 1
+        # Causal attention lets nothing after the last scored position matter.
+        length = int(positions[-1]) + 1 if model.causal else tokens.shape[1]
         tokens, patch = tokens[:, :length], patch[:, :length]
         logits, sources, residuals = run_and_collect_residuals(model, graph, tokens)
         if check is not None:
@@ -348,7 +328,7 @@ class RestartCache:
         cache's. Returns logits [R, k', d_vocab].
         """
         device = self.model.device
-        length = int(positions[-1]) + 1
+        length = int(positions[-1]) + 1 if self.model.causal else self.residuals.shape[1]
         p, s = prompt.to(device), src.to(device)
         deltas = self.patch[p, :length, s] - self.sources[p, :length, s]  # [R, length, d]
         return run_from_layer(
