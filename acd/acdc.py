@@ -190,7 +190,7 @@ def acdc(
     for v in range(state.next_dst, -1, -1):
         _visit_destination(evaluator, state, v, int(order[v]), tau, distance, bar)
         state.next_dst = v - 1
-        if checkpoint is not None and is_main():
+        if checkpoint is not None and header is not None and is_main():
             atomic_write(checkpoint, state.to_json(header))
         if on_progress is not None:
             on_progress(state.visited, total, state.n_kept())

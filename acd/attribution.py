@@ -318,11 +318,11 @@ def _path_gradients(
 
     Args: clean_embed, patch_embed [n, pos, d_model] the input node's clean and patch values.
     """
-    total = None
+    total = torch.zeros(())  # broadcasts; steps >= 2 here, so at least one gradient is added
     for k in range(1, steps):
         embed = patch_embed + (k / steps) * (clean_embed - patch_embed)
         grads = run_with_gradients(model, graph, chunk.clean, metric_fn, embed_override=embed)[2]
-        total = grads if total is None else total + grads
+        total = grads if k == 1 else total + grads
         bar.update(1)
     return total
 

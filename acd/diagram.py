@@ -200,6 +200,7 @@ def _row_position(graph: ComputeGraph, name: str) -> int:
     if node.kind == "logits":
         return 2 * graph.n_layers + 1
     sequential_mlp = node.kind == "mlp" and not graph.shape.parallel_attn_mlp
+    assert node.layer is not None  # heads, groups and MLPs belong to a block
     return 1 + 2 * node.layer + (1 if sequential_mlp else 0)
 
 
@@ -326,8 +327,9 @@ def _pen_width(score: float, largest: float) -> float:
 
 def _faithfulness_text(metrics: dict) -> str:
     value = metrics.get("faithfulness")
-    if getattr(value, "shape", None) == ():  # a 0-d torch tensor or numpy array
-        value = value.item()
+    item = getattr(value, "item", None)
+    if getattr(value, "shape", None) == () and callable(item):  # a 0-d tensor or numpy array
+        value = item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return "n/a"
     value = float(value)

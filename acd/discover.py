@@ -186,6 +186,7 @@ def discover(
         scores, selected = result.scores, result.mask
         params.update(result.params)
     else:
+        assert selection is not None  # a scoring method always has one (above)
         scores = method.score(runner, progress=run.progress)
         if not gate_first:
             _sanity_gate(runner, task.name, run.force)

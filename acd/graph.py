@@ -297,13 +297,16 @@ class ComputeGraph:
         head), the MLP, or logits. Never a kv_group node: a group computes nothing."""
         readers: list[tuple[int, ...]] = []
         for port in self.destinations:
-            if port.kind == "q":
-                readers.append((self.src_head(port.layer, port.index),))
-            elif port.kind in ("k", "v"):
-                heads = self._group_heads(port.index)
-                readers.append(tuple(self.src_head(port.layer, h) for h in heads))
-            else:  # an MLP or logits: the port is named after the node that reads it
+            layer, index = port.layer, port.index
+            if port.kind not in ("q", "k", "v"):  # MLP or logits: named after its reader
                 readers.append((self.node_index[port.node],))
+                continue
+            assert layer is not None and index is not None  # attention ports have both
+            if port.kind == "q":
+                readers.append((self.src_head(layer, index),))
+            else:  # a key/value port feeds every head of its group
+                heads = self._group_heads(index)
+                readers.append(tuple(self.src_head(layer, h) for h in heads))
         return readers
 
     @cached_property
@@ -351,6 +354,7 @@ class ComputeGraph:
             if port.kind == "logits":
                 counts.append(self.n_src)
                 continue
+            assert port.layer is not None  # every port but logits belongs to a block
             earlier = self.src_layer_slice(port.layer).start  # input and all earlier layers
             if port.kind == "mlp" and not self.shape.parallel_attn_mlp:
                 earlier += self.n_heads  # a sequential MLP reads after its own layer's heads

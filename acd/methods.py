@@ -208,7 +208,7 @@ class Hybrid(ACDC):
 
     def check_graph(self, graph: ComputeGraph) -> None:
         """Refuse a candidate count the graph cannot hold (before any scoring)."""
-        if not 1 <= self.candidates <= graph.n_edges:
+        if self.candidates is None or not 1 <= self.candidates <= graph.n_edges:
             raise AcdError(
                 f"candidates must be between 1 and the graph's {graph.n_edges} edges, "
                 f"got {self.candidates}"
@@ -227,6 +227,7 @@ class Hybrid(ACDC):
             progress=progress,
             **self.scoring._score_options(),
         )
+        assert self.candidates is not None  # checked when built
         start_from = select_topn(scores, runner.graph.valid, self.candidates)
         extra = {"candidates": self.candidates, "scoring": self.scoring.name}
         extra.update(self.scoring.params())
@@ -259,10 +260,16 @@ class TopN:
             )
         return type(self)(n, self.absolute)
 
+    def size(self, graph: ComputeGraph) -> int:
+        """How many edges this selection keeps on ``graph`` (checked)."""
+        n = self.sized(graph).n
+        assert n is not None  # sized fills it in
+        return n
+
     def select(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
         from acd.search import select_topn
 
-        return select_topn(scores, graph.valid, self.sized(graph).n, absolute=self.absolute)
+        return select_topn(scores, graph.valid, self.size(graph), absolute=self.absolute)
 
     def params(self) -> dict[str, Any]:
         return {"edges": self.n, "selection": self.name, "absolute": self.absolute}
@@ -278,7 +285,7 @@ class Greedy(TopN):
     def select(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
         from acd.search import select_greedy
 
-        return select_greedy(scores, graph, self.sized(graph).n, absolute=self.absolute)
+        return select_greedy(scores, graph, self.size(graph), absolute=self.absolute)
 
 
 @dataclass(frozen=True)

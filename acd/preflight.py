@@ -171,7 +171,9 @@ def _gpu_memory(device: str | None) -> int | None:
     import torch
 
     try:
-        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+        # None: the current CUDA device (what torch.device(None) would fail on).
+        which = torch.cuda.current_device() if device is None else torch.device(device)
+        return int(torch.cuda.get_device_properties(which).total_memory)
     except (RuntimeError, AssertionError, ValueError):
         return None
 

@@ -138,7 +138,7 @@ def build_reference_circuits(source: str | Path, out_dir: str | Path) -> list[Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m acd.reference", description=__doc__.split("\n\n")[0]
+        prog="python -m acd.reference", description=(__doc__ or "").split("\n\n")[0]
     )
     root = Path("graphs/reference")
     parser.add_argument("source", nargs="?", default=root / "source/canonical_circuits.json")

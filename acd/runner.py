@@ -100,9 +100,9 @@ class PromptRunner:
         self.chunk_size = batch_size
         self.chunks: list[PromptBatch] = []  # none on a rank without prompts (it still joins
         if len(local):  # every collective)
-            if batch_size is None:
-                self.chunk_size = auto_batch_size(model, graph, local, method, ig_steps=ig_steps)
-            self.chunks = [c.to(model.device) for c in local.split(self.chunk_size)]
+            size = batch_size or auto_batch_size(model, graph, local, method, ig_steps=ig_steps)
+            self.chunk_size = size
+            self.chunks = [c.to(model.device) for c in local.split(size)]
         self.positions = [c.score_mask.any(dim=0).nonzero().squeeze(1) for c in self.chunks]
         self.means = None
         if ablation == "mean":

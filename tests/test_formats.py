@@ -644,3 +644,20 @@ def test_a_kept_edge_outside_the_candidates_is_refused(tmp_path, checkpoint):
             checkpoint.dtype,
             candidates.view_as(checkpoint.initial),
         )
+
+
+def test_the_circuit_schemas_literals_name_exactly_the_registries():
+    """The schema spells its choices out (a type checker reads them); they must stay the
+    engine's own lists."""
+    from typing import get_args
+
+    from acd.attribution import METHODS
+    from acd.formats import circuit as schema
+    from acd.patching import ABLATIONS
+    from acd.search import SELECTIONS
+    from acd.tasks import METRIC_NAMES
+
+    assert set(get_args(schema.MetricName)) == {*METRIC_NAMES, "task"}
+    assert set(get_args(schema.Ablation)) == set(ABLATIONS)
+    assert set(get_args(schema.Selection)) == set(SELECTIONS)
+    assert set(get_args(schema.ScoringMethod)) == set(METHODS)

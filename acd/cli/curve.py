@@ -87,9 +87,24 @@ def _method_curve(args, model, graph, batch, method: str, metric: str, main_rank
         n_points = len(CURVE_PERCENTS)
         print(f"{method}: evaluating 2 x {n_points} circuits ...", end="", flush=True)
     evaluated = time.perf_counter()
-    same = dict(metric=metric, ablation=args.ablation, batch_size=args.batch_size)
-    area, _ = cpr(model, graph, batch, scores, **same)
-    distance, curve = cmd(model, graph, batch, scores, **same)
+    area, _ = cpr(
+        model,
+        graph,
+        batch,
+        scores,
+        metric=metric,
+        ablation=args.ablation,
+        batch_size=args.batch_size,
+    )
+    distance, curve = cmd(
+        model,
+        graph,
+        batch,
+        scores,
+        metric=metric,
+        ablation=args.ablation,
+        batch_size=args.batch_size,
+    )
     if main_rank:
         print(f" {time.perf_counter() - evaluated:.1f} s")
     return area, distance, curve

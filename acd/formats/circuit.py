@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, PlainValidator, model_validator
 
-from acd.attribution import METHODS
 from acd.errors import AcdError
 from acd.formats.common import (
     Count,
@@ -35,17 +34,16 @@ from acd.formats.common import (
     validate,
 )
 from acd.graph import ComputeGraph, GraphShape
-from acd.patching import ABLATIONS
-from acd.search import SELECTIONS
-from acd.tasks import METRIC_NAMES
 
 FORMAT = "acd-circuit"
 FORMAT_VERSION = 1
 
-MetricName = Literal[METRIC_NAMES + ("task",)]
-Ablation = Literal[ABLATIONS]
-Selection = Literal[tuple(SELECTIONS)]
-ScoringMethod = Literal[METHODS]
+# Spelled out so that a type checker can read them; tests/test_formats.py checks that they
+# name exactly the registries' entries (METRIC_NAMES, ABLATIONS, SELECTIONS, METHODS).
+MetricName = Literal["logit_diff", "prob_diff", "logprob", "kl", "task"]
+Ablation = Literal["corrupted", "zero", "mean"]
+Selection = Literal["topn", "threshold", "greedy"]
+ScoringMethod = Literal["eap", "eap-ig", "exact"]
 
 
 def _sha256_or_empty(value: Any) -> str:
@@ -222,9 +220,9 @@ class CircuitFile(Strict):
     task: str
     model: ModelInfo
     method: str
-    params: Params = Params()
+    params: Params = Params.model_construct()
     seed: Seed = 0
-    metrics: Metrics = Metrics()
+    metrics: Metrics = Metrics.model_construct()
     versions: dict[str, str] = {}
     created: Timestamp = ""
     graph: GraphInfo

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import reprlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -41,7 +42,7 @@ class Nested(ValueError):
     """Raised by a field validator that validated a part of its value with another schema:
     carries that schema's first problem, whose location continues the field's."""
 
-    def __init__(self, problem: dict[str, Any]):
+    def __init__(self, problem: Mapping[str, Any]):
         super().__init__(problem.get("msg", ""))
         self.problem = problem
 
@@ -132,7 +133,7 @@ def one_line(err: ValidationError, label: str, noun: str = "field") -> str:
     return line + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
-def problem_text(problem: dict[str, Any], noun: str = "field") -> str:
+def problem_text(problem: Mapping[str, Any], noun: str = "field") -> str:
     """One pydantic error dict as text: the field, what it expected, the value found."""
     error = (problem.get("ctx") or {}).get("error")
     if isinstance(error, Nested):  # the inner schema's problem, at the joined location
@@ -184,7 +185,7 @@ _EXPECTED = {
 }
 
 
-def _expected(problem: dict[str, Any]) -> str:
+def _expected(problem: Mapping[str, Any]) -> str:
     """'expected ...' for one pydantic error type."""
     kind, ctx = problem["type"], problem.get("ctx") or {}
     if kind in _EXPECTED:

@@ -136,7 +136,8 @@ class RangeList(Strict):
         if re.search(r"\d{3,}", self.format):  # a width of 10^9 would fill the memory
             raise ValueError(f"format {self.format!r}: widths and precisions are at most 99")
         try:
-            format(lo, self.format), format(hi, self.format)
+            format(lo, self.format)
+            format(hi, self.format)
         except (ValueError, TypeError):
             raise ValueError(
                 f"format {self.format!r} is not a format for integers (e.g. 'd', '02d')"
@@ -274,7 +275,7 @@ class PairsFile(_Common):
     file: str
 
 
-SCHEMAS: dict[str, type[_Common]] = {
+SCHEMAS: dict[str, type[TemplateFile | InductionFile | PairsFile]] = {
     "template": TemplateFile,
     "induction": InductionFile,
     "pairs": PairsFile,

@@ -83,6 +83,10 @@ class ModelSpec:
         return asdict(self)
 
 
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def spec_from_bridge(bridge: TransformerBridge) -> ModelSpec:
     """Read the architecture from a booted bridge's TransformerLens config."""
     cfg = bridge.cfg
@@ -95,7 +99,7 @@ def spec_from_bridge(bridge: TransformerBridge) -> ModelSpec:
         n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or n_heads),
         d_model=int(cfg.d_model),
         d_head=int(cfg.d_head),
-        d_mlp=None if getattr(cfg, "d_mlp", None) is None else int(cfg.d_mlp),
+        d_mlp=_optional_int(getattr(cfg, "d_mlp", None)),
         d_vocab=int(cfg.d_vocab),
         n_ctx=int(cfg.n_ctx),
         attn_only=attn_only,
@@ -271,7 +275,7 @@ class ModelAdapter:
         """A forward on ``tokens`` [batch, pos] with ``hooks`` (hook name, fn(x, hook) -> a
         replacement or None) at this adapter's hook names: logits [batch, pos, d_vocab] on
         ``device`` (a model split by device_map may return them from its last device)."""
-        return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks).to(self.device)
+        return self.bridge.run_with_hooks(tokens, fwd_hooks=list(hooks)).to(self.device)
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """A plain forward without gradients: logits [batch, pos, d_vocab] on ``device``."""
@@ -296,7 +300,7 @@ class ModelAdapter:
         # The input only drives the wrapped model (batch size, length, positions) through
         # blocks ``layer`` onward; the earlier blocks are taken out of its list for this call.
         with torch.no_grad(), self.blocks_from(layer):
-            logits = self.bridge.run_with_hooks(residual, fwd_hooks=hooks, **kwargs)
+            logits = self.bridge.run_with_hooks(residual, fwd_hooks=list(hooks), **kwargs)
         logits = logits.to(self.device)  # from the last device of a model split by device_map
         if positions is not None and not kwargs:
             logits = logits[:, positions.to(logits.device)]

@@ -15,17 +15,21 @@ their public names so that ``from acd.models.load import ...`` keeps working:
 - ``acd.models.boot``: booting the TransformerBridge and switching on its hooks;
 - ``acd.models.weights``: weight hashes (weights_sha256) and safetensors parameter counts;
 - ``acd.models.listing``: what is available offline (list_models, ``acd models``);
-- ``acd.models.errors``: the ModelError family.
+- ``acd.models.errors``: the ModelError family;
+- ``acd.models.compiled``: compiled programs (tracr), which load without the bridge.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 import torch
 
 from acd.models.adapter import ModelAdapter, ModelSpec, spec_from_bridge
 from acd.models.boot import _boot, _configure_hooks
+from acd.models.compiled import compiled_model_dir, load_compiled_model, refuse_placement
 from acd.models.device import _in_memory_placement, _resolve_device, _resolve_dtype, check_device
 from acd.models.errors import (
     OFFLINE_HINT,
@@ -42,8 +46,8 @@ from acd.models.resolve import (
     _Resolved,
     embedded_model_names,
     embedded_models_dir,
-    model_config,
 )
+from acd.models.resolve import model_config as _hf_model_config
 from acd.models.weights import safetensors_n_params, weights_sha256
 
 __all__ = [
@@ -88,7 +92,9 @@ def load_model(
     weights directly on a GPU for a benchmark, so that it is never written to disk.
 
     Args:
-        spec: ``toy`` (an embedded model), ``/path/to/hf_dir``, or a hub name such as ``gpt2``.
+        spec: ``toy`` (an embedded model), ``/path/to/hf_dir``, or a hub name such as ``gpt2``;
+            or a compiled program (tracr): its directory, or ``compiled/<name>`` for a shipped
+            one, loaded as an ``acd.models.compiled.CompiledAdapter`` (no placement options).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; default CUDA when available, else CPU.
             Not together with ``device_map`` or ``n_devices`` > 1.
         dtype: ``torch.float32`` (default), ``torch.bfloat16``, ... or their names as strings.
@@ -117,6 +123,10 @@ def load_model(
             ``dtype`` other than its own.
     """
     name = str(spec)
+    compiled = compiled_model_dir(name)
+    if compiled is not None:
+        refuse_placement(name, device_map=device_map, n_devices=n_devices, hf_model=hf_model)
+        return load_compiled_model(name, compiled[0], compiled[1], device, dtype)
     if hf_model is not None:
         if device_map is not None or n_devices is not None:
             raise ModelError("hf_model is already placed: pass it without device_map / n_devices")
@@ -141,7 +151,7 @@ def load_model(
         source=resolved.source,
         bridge=bridge,
         tokenizer=bridge.tokenizer,
-        device=torch.device(bridge.cfg.device),
+        device=torch.device(bridge.cfg.device or "cpu"),
         dtype=dtype,
         spec=spec_from_bridge(bridge),
         weights_dir=resolved.weights_dir,
@@ -153,3 +163,16 @@ def load_model(
             f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
         )
     return adapter
+
+
+def model_config(spec: str | os.PathLike) -> dict[str, Any] | None:
+    """The config.json of the model ``spec`` names, read without loading the model: a compiled
+    program's own, else ``acd.models.resolve.model_config``'s (which see)."""
+    compiled = compiled_model_dir(str(spec))
+    if compiled is None:
+        return _hf_model_config(spec)
+    try:
+        config = json.loads((compiled[1] / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None

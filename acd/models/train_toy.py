@@ -17,8 +17,10 @@ Training prompts come from task seeds ``TRAIN_SEED_BASE`` and up; the quality ch
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import operator
 import os
 import random
 import re
@@ -382,18 +384,28 @@ def parse_mix(spec: str) -> dict[str, int]:
     return mix
 
 
-def parts_loss(model: GPT2LMHeadModel, parts: list[tuple[torch.Tensor, torch.Tensor]]):
+def parts_loss(
+    model: GPT2LMHeadModel, parts: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """The step's weighted next-token loss over all parts, one forward per part.
 
     Each part is padded to its own width only (one batch padded to the longest part would spend
     about half of the step on padding once induction prompts vary in length). Right padding
     never reaches a real position through causal attention, so this is the loss of one batch.
     """
-    total = sum(weights[:, 1:].sum() for _, weights in parts)
-    return sum(
-        weighted_loss(model(ids).logits, ids, weights) * weights[:, 1:].sum() / total
-        for ids, weights in parts
+    total = _tensor_sum([weights[:, 1:].sum() for _, weights in parts])
+    return _tensor_sum(
+        [
+            weighted_loss(model(ids).logits, ids, weights) * weights[:, 1:].sum() / total
+            for ids, weights in parts
+        ]
     )
+
+
+def _tensor_sum(values: list[torch.Tensor]) -> torch.Tensor:
+    """values[0] + values[1] + ..., in order: what the builtin sum gives (0 + x is x exactly),
+    typed as a tensor."""
+    return functools.reduce(operator.add, values)
 
 
 def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -80,11 +80,12 @@ def weights_sha256(model: ModelAdapter) -> str:
     return model._weights_sha256_cache[1]
 
 
-def _raw_bytes(tensor: torch.Tensor):
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes in memory order, as a buffer (any dtype, bfloat16 and bool included:
     numpy has no bfloat16, so the bytes are reinterpreted as uint8 before leaving torch)."""
     flat = tensor.to("cpu").contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy()
+    # numpy arrays export the buffer protocol; their stubs do not say so.
+    return memoryview(cast(Any, flat.view(torch.uint8).numpy()))
 
 
 def safetensors_n_params(directory: Path) -> int | None:

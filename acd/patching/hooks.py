@@ -132,6 +132,13 @@ class HookedRun:
             self.diff_prefix: torch.Tensor | None = None  # the chunks' concatenation, cached
             self.n_recorded = 0  # sources recorded so far
 
+    @property
+    def recorded(self) -> torch.Tensor:
+        """The source outputs recorded by this run: [batch, pos, n_src, d_model]."""
+        if self.sources is None:
+            raise RuntimeError("this run was built without record=True: it kept no sources")
+        return self.sources
+
     # --- hooks ---------------------------------------------------------------------------
 
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
@@ -145,9 +152,10 @@ class HookedRun:
 
     def source_hook(self, slot: HookSlot) -> Callable:
         def hook(x: torch.Tensor, hook) -> torch.Tensor | None:
-            replaced = slot.start == 0 and self.embed_override is not None
-            if replaced:
-                x = self.embed_override.to(x.device, x.dtype)
+            override = self.embed_override if slot.start == 0 else None
+            replaced = override is not None
+            if override is not None:
+                x = override.to(x.device, x.dtype)
             z = x if slot.per_head else x.unsqueeze(2)  # [batch, pos, width, d_model]
             if self.sources is not None:
                 self.sources[:, :, slot.start : slot.stop] = z.detach()
@@ -189,6 +197,7 @@ class HookedRun:
         if self.differentiable:
             self.diff_chunks.append(patch - z)
         else:
+            assert self.diff is not None  # allocated for every non-differentiable patched run
             diff = self.diff[:, :, slot.start : slot.stop]
             torch.sub(patch, z, out=diff)
             self.diff_sums[slot.stop] = self.diff_sums[slot.start] + diff.sum(dim=2)
@@ -206,6 +215,7 @@ class HookedRun:
                 "recorded: hooks fired out of order (is this a pre-norm decoder-only model?)"
             )
         if not self.differentiable:
+            assert self.diff is not None  # allocated for every non-differentiable patched run
             return self.diff[:, :, :n_before]
         # The q, k, v and MLP hooks of a layer read the same sources: concatenate once.
         if self.diff_prefix is None or self.diff_prefix.shape[2] != self.n_recorded:
@@ -221,6 +231,7 @@ class HookedRun:
         [batch, pos, d_model].
         """
         diff = self._diff_before(slot.n_before)
+        assert self.mask is not None  # corrections are made only in patched runs
         mask_t = self.mask[..., : slot.n_before, slot.start : slot.stop].transpose(-1, -2)
         if mask_t.dim() == 3:  # a mask per batch row: [batch, 1, width, n_before]
             out = torch.matmul(mask_t.unsqueeze(1), diff)

@@ -63,7 +63,7 @@ def run_and_collect_residuals(
     hooks = [(name, recorder(i)) for i, name in enumerate(names)] + run.fwd_hooks()
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, hooks)
-    return logits, run.sources, residuals
+    return logits, run.recorded, residuals
 
 
 def run_from_layer(

@@ -4,7 +4,7 @@ every destination (acd.patching)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 
@@ -30,12 +30,36 @@ def run_and_collect(
     run = HookedRun(model, graph, tokens.to(model.device), record=True)
     with torch.no_grad():
         logits = run.run()
-    return logits, run.sources
+    return logits, run.recorded
 
 
 def collect_sources(model: ModelAdapter, graph: ComputeGraph, tokens: torch.Tensor) -> torch.Tensor:
     """Every source's output from one forward: [batch, pos, n_src, d_model]."""
     return run_and_collect(model, graph, tokens)[1]
+
+
+@overload
+def run_patched(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    tokens: torch.Tensor,
+    patch_mask: torch.Tensor,
+    patch_sources: torch.Tensor,
+    *,
+    return_sources: Literal[False] = False,
+) -> torch.Tensor: ...
+
+
+@overload
+def run_patched(
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    tokens: torch.Tensor,
+    patch_mask: torch.Tensor,
+    patch_sources: torch.Tensor,
+    *,
+    return_sources: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def run_patched(
@@ -83,7 +107,7 @@ def run_patched(
     needs_grad = patch_mask.requires_grad or patch_sources.requires_grad
     with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
         logits = run.run()
-    return (logits, run.sources) if return_sources else logits
+    return (logits, run.recorded) if return_sources else logits
 
 
 def run_with_gradients(
@@ -127,4 +151,4 @@ def run_with_gradients(
     # The hooks fire in destination index order (q, k, v, MLP per layer, then logits).
     # .to: under device_map, each destination's gradient lives on its own layer's device.
     grads = torch.cat([g.reshape(batch, pos, -1, d_model).to(model.device) for g in blocks], dim=2)
-    return metric.detach(), run.sources, grads
+    return metric.detach(), run.recorded, grads
