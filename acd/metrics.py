@@ -8,6 +8,9 @@ induction), so padding never enters a score.
     prob_diff   P(answers) - P(wrong answers), summed over each set (greater-than)
     logprob     mean log-probability of the target tokens at the scored positions (induction)
     kl          KL(reference || model) at the scored positions, averaged over them
+    l2          squared distance of the logits from the reference's at the scored positions,
+                averaged over them (for outputs that are values, not a distribution: a
+                compiled program's numerical output)
 
 Each is a ``Metric``: the function and what it needs (``needs_reference``: the full model's
 logits, as KL does) and which way is better (``direction``), so that the engine never asks a
@@ -136,13 +139,25 @@ class Metric:
         return lambda logits: self(logits, batch, reference)
 
 
+def l2_distance(
+    logits: torch.Tensor, reference_logits: torch.Tensor, batch: PromptBatch
+) -> torch.Tensor:
+    """Squared distance ||logits - reference||^2 over the vocabulary, averaged over the scored
+    positions. [N, T, V] x2 -> [N]."""
+    dtype = torch.promote_types(compute_dtype(logits), compute_dtype(reference_logits))
+    per_pos = (logits.to(dtype) - reference_logits.to(dtype)).pow(2).sum(dim=-1)  # [N, T]
+    mask = batch.score_mask.to(per_pos.dtype)
+    return (per_pos * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
 TASK_METRICS: dict[str, Metric] = {
     "logit_diff": Metric("logit_diff", logit_diff),
     "prob_diff": Metric("prob_diff", prob_diff),
     "logprob": Metric("logprob", logprob),
 }
 KL = Metric("kl", kl_divergence, needs_reference=True, direction="lower")
-METRICS: dict[str, Metric] = {**TASK_METRICS, "kl": KL}
+L2 = Metric("l2", l2_distance, needs_reference=True, direction="lower")
+METRICS: dict[str, Metric] = {**TASK_METRICS, "kl": KL, "l2": L2}
 
 
 def resolve_metric(metric: str | Metric | MetricFunction | None, task_metric: str) -> Metric:

@@ -144,3 +144,21 @@ def test_lower_precision_metrics_compute_in_float32(name, dtype):
     got, expected = _computed_and_by_hand(name, logits, reference)
     assert got.dtype == torch.float32
     _assert_close(got, expected, 1e-5)  # of the values given, exactly; float32 rounding only
+
+
+def test_l2_is_the_squared_distance_at_the_scored_positions():
+    from acd.metrics import METRICS, l2_distance
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(N, T, 5, generator=generator, dtype=torch.float64)
+    reference = torch.randn(N, T, 5, generator=generator, dtype=torch.float64)
+    batch = multi_position(hand_batch())
+    mask = batch.score_mask
+    expected = []
+    for n in range(N):
+        rows = [((logits[n, t] - reference[n, t]) ** 2).sum() for t in range(T) if mask[n, t]]
+        expected.append(sum(rows) / len(rows))
+    got = l2_distance(logits, reference, batch)
+    assert torch.allclose(got, torch.stack(expected), rtol=1e-12, atol=0)
+    assert METRICS["l2"].needs_reference and METRICS["l2"].direction == "lower"
+    assert float(METRICS["l2"](reference, batch, reference).abs().max()) == 0.0

@@ -21,6 +21,7 @@ from acd.tasks import (
     TemplateTask,
     list_tasks,
     load_task,
+    tasks_dir,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -520,3 +521,66 @@ def test_bad_token_id_batches_are_one_line_errors(change, message):
     with pytest.raises(TaskError, match=message) as caught:
         PromptBatch.from_token_ids(clean, corrupted, **arguments)
     assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled programs' tasks
+
+
+def test_a_compiled_task_draws_inputs_of_its_symbols_and_scores_every_output():
+    from acd.models import load_model
+    from acd.tasks import CompiledTask
+
+    task = load_task("compiled/sort")
+    assert isinstance(task, CompiledTask) and task.metric == "kl" and task.distinct
+    pairs = task.prompt_pairs(40, seed=3)
+    assert pairs == task.prompt_pairs(40, seed=3) and pairs != task.prompt_pairs(40, seed=4)
+    for pair in pairs:
+        clean, corrupted = pair.clean.split(), pair.corrupted.split()
+        assert len(clean) == len(corrupted) == task.length == 4
+        assert len(set(clean)) == 4 and len(set(corrupted)) == 4  # distinct symbols
+        assert set(clean) <= set(task.symbols) and clean != corrupted
+    model = load_model("compiled/sort")
+    batch = task.make_batch(model.tokenizer, 5, seed=0)
+    bos = model.tokenizer.bos_token_id
+    assert batch.clean.shape == (5, 5) and bool((batch.clean[:, 0] == bos).all())
+    expected = model.tokenizer.convert_tokens_to_ids(task.prompt_pairs(5, 0)[0].clean.split())
+    assert batch.clean[0, 1:].tolist() == expected
+    assert not batch.score_mask[:, 0].any() and bool(batch.score_mask[:, 1:].all())
+
+
+def test_every_shipped_compiled_task_matches_its_program():
+    """Each task file's symbols are its program's input vocabulary (BOS and PAD excluded) and
+    its length fits the program's context."""
+    import json
+
+    from acd.models.compiled import compiled_models_dir
+
+    for toml in sorted((tasks_dir() / "compiled").glob("*.toml")):
+        task = load_task(toml)
+        encodings = json.loads((compiled_models_dir() / toml.stem / "encodings.json").read_text())
+        symbols = [t for t in encodings["input"] if t not in (encodings["bos"], encodings["pad"])]
+        assert task.program == f"compiled/{toml.stem}" and list(task.symbols) == symbols
+        assert 1 <= task.length <= encodings["max_seq_len"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('symbols = ["a b"]', "symbols: expected distinct symbols without spaces"),
+        ('symbols = ["a", "a"]', "symbols: expected distinct symbols without spaces"),
+        ("symbols = []", "symbols: expected a non-empty list of strings"),
+        ("length = 0", "length: expected an integer >= 1"),
+    ],
+)
+def test_bad_compiled_task_files_are_one_line_errors(tmp_path, line, message):
+    key = line.split(" = ")[0]
+    body = {"symbols": 'symbols = ["a", "b"]', "length": "length = 3"}
+    body[key] = line
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        'kind = "compiled"\nprogram = "compiled/x"\nmetric = "kl"\n' + "\n".join(body.values())
+    )
+    with pytest.raises(TaskError, match=message) as info:
+        load_task(path)
+    assert "\n" not in str(info.value)

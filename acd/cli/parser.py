@@ -15,6 +15,7 @@ from acd.cli.evaluate import cmd_evaluate
 from acd.cli.models import cmd_check_model, cmd_models, cmd_tasks
 from acd.cli.saved import cmd_compare, cmd_render
 from acd.methods import HYBRID_SCORING, METHODS, SELECTIONS
+from acd.metrics import METRICS
 
 EXAMPLES = {
     "models": "example: acd models",
@@ -295,7 +296,7 @@ def _prompt_options(
     )
     p.add_argument(
         "--metric",
-        choices=["logit_diff", "prob_diff", "logprob", "kl"],
+        choices=list(METRICS),
         help="metric (default: the one the circuit was evaluated with)"
         if evaluate
         else "metric (default: the task's; the search's is kl for acdc/hybrid)",

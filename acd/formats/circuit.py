@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 
 # Spelled out so that a type checker can read them; tests/test_formats.py checks that they
 # name exactly the registries' entries (METRIC_NAMES, ABLATIONS, SELECTIONS, METHODS).
-MetricName = Literal["logit_diff", "prob_diff", "logprob", "kl", "task"]
+MetricName = Literal["logit_diff", "prob_diff", "logprob", "kl", "l2", "task"]
 Ablation = Literal["corrupted", "zero", "mean"]
 Selection = Literal["topn", "threshold", "greedy"]
 ScoringMethod = Literal["eap", "eap-ig", "exact"]

@@ -101,6 +101,21 @@ def _texts(value: Any) -> tuple[str, ...]:
     raise Expected("expected a string or a list of strings")
 
 
+def _symbols(value: Any) -> tuple[str, ...]:
+    """``symbols``: the program's input symbols, distinct strings without spaces."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise Expected("expected a non-empty list of strings")
+    if any(not v or " " in v for v in value) or len(set(value)) != len(value):
+        raise Expected("expected distinct symbols without spaces")
+    return tuple(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Expected("expected an integer >= 1")
+    return value
+
+
 Metric = Annotated[str, PlainValidator(_metric)]
 TaskName = Annotated[str, PlainValidator(_task_name)]
 Entry = Annotated[str, PlainValidator(_entry)]
@@ -275,10 +290,21 @@ class PairsFile(_Common):
     file: str
 
 
-SCHEMAS: dict[str, type[TemplateFile | InductionFile | PairsFile]] = {
+class CompiledFile(_Common):
+    """``kind = "compiled"``: random inputs of a compiled program (acd/models/compiled/,
+    docs/ground_truth.md), each clean input paired with another input of the same length."""
+
+    program: str
+    symbols: Annotated[tuple[str, ...], PlainValidator(_symbols)]
+    length: Annotated[int, PlainValidator(_positive_int)]
+    distinct: bool = False
+
+
+SCHEMAS: dict[str, type[TemplateFile | InductionFile | PairsFile | CompiledFile]] = {
     "template": TemplateFile,
     "induction": InductionFile,
     "pairs": PairsFile,
+    "compiled": CompiledFile,
 }
 
 
@@ -303,7 +329,8 @@ def read_task_file(path: str | Path) -> TemplateFile | InductionFile | PairsFile
         raise TaskError(f"{where} is missing the key 'kind'")
     kind = data["kind"]
     if not isinstance(kind, str) or kind not in SCHEMAS:
-        raise TaskError(f"{where}: unknown kind {short(kind)}; choose template, induction or pairs")
+        kinds = "template, induction, pairs or compiled"
+        raise TaskError(f"{where}: unknown kind {short(kind)}; choose {kinds}")
     return validate(SCHEMAS[kind], data, where, TaskError, noun="key")
 
 

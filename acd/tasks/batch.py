@@ -9,7 +9,7 @@ import torch
 
 from acd.errors import TaskError
 
-METRIC_NAMES = ("logit_diff", "prob_diff", "logprob", "kl")
+METRIC_NAMES = ("logit_diff", "prob_diff", "logprob", "kl", "l2")
 
 # Token ids of N prompts: an [N, T] tensor, or N lists of ids (ragged; right-padded here).
 TokenRows = torch.Tensor | Sequence[Sequence[int]]

@@ -14,6 +14,7 @@ from typing import Any
 from acd.errors import TaskError
 from acd.formats.pair_file import PairRecord, read_pair_records
 from acd.formats.task_file import (
+    CompiledFile,
     InductionFile,
     TemplateFile,
     check_pool,
@@ -24,7 +25,7 @@ from acd.formats.task_file import (
     within,
 )
 from acd.tasks.batch import PromptPair
-from acd.tasks.kinds import InductionTask, PairsTask, Task, TemplateTask
+from acd.tasks.kinds import CompiledTask, InductionTask, PairsTask, Task, TemplateTask
 
 
 def tasks_dir() -> Path:
@@ -69,6 +70,14 @@ def _load_toml(path: Path) -> Task:
     }
     if isinstance(spec, TemplateFile):
         return _template_task(spec, path, common)
+    if isinstance(spec, CompiledFile):
+        return CompiledTask(
+            **common,
+            program=spec.program,
+            symbols=spec.symbols,
+            length=spec.length,
+            distinct=spec.distinct,
+        )
     if isinstance(spec, InductionFile):
         with within(path, "pool"):
             pool = read_word_list(path.parent / spec.pool)

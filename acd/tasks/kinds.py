@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 import acd.tasks
 from acd.errors import TaskError
 from acd.tasks.batch import PromptBatch, PromptPair
@@ -223,3 +225,68 @@ class PairsTask(Task):
         order = list(range(len(self.rows)))
         random.Random(f"{self.name}:{seed}").shuffle(order)
         return [self.rows[i] for i in order[:n]]
+
+
+@dataclass
+class CompiledTask(Task):
+    """Random inputs of a compiled program (acd/models/compiled/<name>/): clean and corrupted
+    are ``length`` symbols each (``distinct``: no symbol twice, for programs such as ``sort``
+    whose keys must be unique), the corrupted one a different draw. Every position after BOS
+    is scored: the metric compares the program's whole output (``kl`` for categorical
+    outputs, ``l2`` for numerical ones, both against the full model)."""
+
+    program: str = ""
+    symbols: tuple[str, ...] = ()
+    length: int = 1
+    distinct: bool = False
+
+    def prompt_pairs(self, n: int, seed: int = 0) -> list[PromptPair]:
+        rng = random.Random(seed)
+        pairs = []
+        for _ in range(n):
+            clean = self._draw_input(rng)
+            corrupted = self._draw_input(rng)
+            while corrupted == clean and self._inputs_differ_at_all():
+                corrupted = self._draw_input(rng)
+            pairs.append(PromptPair(clean=" ".join(clean), corrupted=" ".join(corrupted)))
+        return pairs
+
+    def _draw_input(self, rng: random.Random) -> list[str]:
+        if self.distinct:
+            return rng.sample(list(self.symbols), self.length)
+        return [rng.choice(self.symbols) for _ in range(self.length)]
+
+    def _inputs_differ_at_all(self) -> bool:
+        """Whether two different inputs exist (else a corrupted twin cannot differ)."""
+        return len(self.symbols) > 1 or (self.distinct and self.length > 1)
+
+    def encode(self, pairs: Sequence[PromptPair], tokenizer: Any) -> PromptBatch:
+        """Token ids (BOS first) of each input, every position after BOS scored."""
+        if not pairs:
+            raise TaskError("a task needs at least one prompt pair")
+        clean = [self._ids(tokenizer, p.clean) for p in pairs]
+        corrupted = [self._ids(tokenizer, p.corrupted) for p in pairs]
+        if any(len(c) != len(x) for c, x in zip(clean, corrupted)):
+            raise TaskError("a compiled task's clean and corrupted inputs must have one length")
+        width = max(len(ids) for ids in clean)
+        score_mask = torch.zeros(len(pairs), width, dtype=torch.bool)
+        for i, ids in enumerate(clean):
+            score_mask[i, 1 : len(ids)] = True  # position 0 is BOS: its output means nothing
+        return PromptBatch.from_token_ids(
+            clean,
+            corrupted,
+            correct=[[] for _ in pairs],
+            metric=self.metric,
+            score_mask=score_mask,
+            pairs=pairs,
+        )
+
+    def _ids(self, tokenizer: Any, text: str) -> list[int]:
+        symbols = text.split()
+        unknown = [s for s in symbols if s not in self.symbols]
+        if unknown:
+            raise TaskError(f"task {self.name!r}: {unknown[0]!r} is not one of its symbols")
+        bos = tokenizer.bos_token_id
+        if bos is None:
+            raise TaskError(f"task {self.name!r} needs a tokenizer with a BOS token")
+        return [bos, *tokenizer.convert_tokens_to_ids(symbols)]
