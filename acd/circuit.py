@@ -13,6 +13,7 @@ import goes one way.
 
 from __future__ import annotations
 
+import functools
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,14 +39,20 @@ RECORDED_PACKAGES = ("acd", "torch", "transformer_lens", "transformers", "networ
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages a result depends on; a package not installed is
-    left out rather than recorded as unknown."""
+    left out rather than recorded as unknown. Read once per process (the metadata lookups cost
+    milliseconds, and installed versions do not change under a running process)."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     versions = {"python": platform.python_version()}
     for package in RECORDED_PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions.items())
 
 
 def utc_now() -> str:

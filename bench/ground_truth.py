@@ -1,0 +1,175 @@
+"""Every method against circuits known from outside: the compiled (tracr) programs.
+
+    python bench/ground_truth.py [--prompts 50] [--only reverse,sort] [--out FILE.md]
+
+For every compiled program in acd/models/compiled/ (docs/ground_truth.md), every ablation
+(corrupted, zero) and every method (eap, eap-ig, exact, acdc at three tau, hybrid), one
+``acd.discover`` run on the program's task (tasks/compiled/<name>.toml), scored against the
+program's true circuit under that ablation (graphs/ground_truth/<name>/<ablation>/circuit.json,
+written by ``python -m acd.ground_truth``):
+
+    AUC        edge ROC AUC of |score| (for ACDC and hybrid: |delta|) against the true edges,
+               over all valid edges (``acd.comparison.compare``); ties count one half
+    P / R      precision and recall of the circuit the method selects: the scoring methods keep
+               as many edges as the true circuit has (TopN(n_true), then pruned), ACDC and
+               hybrid keep what they keep
+    faith      the selected circuit's faithfulness on the discovery prompts
+    s          seconds of the discover call
+
+Programs whose true circuit is not defined under an ablation (the task's sanity gate refuses
+it: clean and corrupted outputs never differ) are listed with the reason. Prints a Markdown
+table (and writes it with ``--out``); the medians per method close the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import acd
+from acd.comparison import compare
+from acd.errors import AcdError
+from acd.methods import ACDC, EAP, EAPIG, Exact, Hybrid, TopN
+
+ROOT = Path(__file__).resolve().parents[1]
+TRUTH_DIR = ROOT / "graphs" / "ground_truth"
+ABLATIONS = ("corrupted", "zero")
+TAUS = (1e-4, 1e-3, 1e-2)
+
+
+def methods(n_true: int, n_edges: int) -> list[tuple[str, object, object]]:
+    """(label, method, selection) of each row."""
+    top = TopN(min(n_true, n_edges))
+    rows: list[tuple[str, object, object]] = [
+        ("eap", EAP(), top),
+        ("eap-ig", EAPIG(), top),
+        ("exact", Exact(), top),
+    ]
+    rows += [(f"acdc tau {tau:g}", ACDC(tau), None) for tau in TAUS]
+    candidates = max(1, min(n_edges, 2 * n_true))
+    rows.append((f"hybrid top {candidates}, tau 1e-3", Hybrid(1e-3, candidates=candidates), None))
+    return rows
+
+
+def true_mask(name: str, ablation: str, graph: acd.ComputeGraph):
+    """The true circuit's [n_src, n_dst] mask, or None when none was written."""
+    path = TRUTH_DIR / name / ablation / "circuit.json"
+    if not path.is_file():
+        return None
+    truth = acd.load_circuit(path)
+    if (truth.graph.n_src, truth.graph.n_dst) != (graph.n_src, graph.n_dst):
+        raise AcdError(f"{path} is for another graph than compiled/{name}")
+    return truth.mask
+
+
+def measure(name: str, ablation: str, prompts: int) -> list[dict]:
+    model = acd.load_model(f"compiled/{name}")
+    task = acd.load_task(f"compiled/{name}")
+    graph = acd.ComputeGraph.from_model(model)
+    truth = true_mask(name, ablation, graph)
+    base = {"program": name, "ablation": ablation, "edges": graph.n_edges}
+    if truth is None:
+        return [{**base, "note": "no true circuit written (python -m acd.ground_truth)"}]
+    n_true = int(truth.sum())
+    base["true"] = n_true
+    run = acd.RunConfig(ablation=ablation, progress=False)
+    rows = []
+    for label, method, select in methods(n_true, graph.n_edges):
+        start = time.perf_counter()
+        try:
+            circuit = acd.discover(
+                task, model, method=method, select=select, prompts=prompts, seed=0, run=run
+            )
+        except AcdError as refused:
+            return [{**base, "note": f"refused: {str(refused)[:90]}..."}]
+        seconds = time.perf_counter() - start
+        by_score = compare(graph, circuit.scores.double(), truth)
+        kept = compare(graph, circuit.mask, truth)
+        rows.append(
+            {
+                **base,
+                "method": label,
+                "auc": by_score.edge_roc_auc,
+                "precision": kept.edge_precision,
+                "recall": kept.edge_recall,
+                "kept": circuit.n_edges,
+                "faithfulness": circuit.metrics["faithfulness"],
+                "seconds": seconds,
+            }
+        )
+    return rows
+
+
+def _cell(value, digits: int = 2) -> str:
+    if value is None or value != value:  # None or NaN
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| program | ablation | edges | true | method | AUC | P | R | kept | faith | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "note" in r:
+            lines.append(
+                f"| {r['program']} | {r['ablation']} | {r['edges']} | {r.get('true', '—')} "
+                f"| {r['note']} | | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['program']} | {r['ablation']} | {r['edges']} | {r['true']} | {r['method']} "
+            f"| {_cell(r['auc'])} | {_cell(r['precision'])} | {_cell(r['recall'])} "
+            f"| {r['kept']} | {_cell(r['faithfulness'])} | {r['seconds']:.1f} |"
+        )
+    lines += ["", "| method | ablation | median AUC | min AUC | runs |", "|---|---|---|---|---|"]
+    for ablation in ABLATIONS:
+        labels = dict.fromkeys(r["method"] for r in rows if "method" in r)
+        for label in labels:
+            aucs = [
+                r["auc"]
+                for r in rows
+                if r.get("method") == label and r["ablation"] == ablation and r["auc"] is not None
+            ]
+            if aucs:
+                lines.append(
+                    f"| {label} | {ablation} | {statistics.median(aucs):.2f} | {min(aucs):.2f} "
+                    f"| {len(aucs)} |"
+                )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--only", default=None, help="comma-separated program names")
+    parser.add_argument("--ablations", default=",".join(ABLATIONS))
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    from acd.models.compiled import compiled_models_dir
+
+    names = sorted(p.name for p in compiled_models_dir().iterdir() if p.is_dir())
+    if args.only:
+        names = [n for n in names if n in args.only.split(",")]
+    rows = []
+    for name in names:
+        for ablation in args.ablations.split(","):
+            measured = measure(name, ablation, args.prompts)
+            for r in measured:
+                print(
+                    f"  {name:15s} {ablation:9s} {r.get('method', r.get('note', '')):28s} "
+                    f"AUC {_cell(r.get('auc'))}",
+                    flush=True,
+                )
+            rows += measured
+    text = table(rows)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
