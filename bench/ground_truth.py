@@ -1,12 +1,15 @@
 """Every method against circuits known from outside: the compiled (tracr) programs.
 
-    python bench/ground_truth.py [--prompts 50] [--only reverse,sort] [--out FILE.md]
+    python bench/ground_truth.py [--prompts 100] [--only reverse,sort] [--out FILE.md]
 
 For every compiled program in acd/models/compiled/ (docs/ground_truth.md), every ablation
 (corrupted, zero) and every method (eap, eap-ig, exact, acdc at three tau, hybrid), one
 ``acd.discover`` run on the program's task (tasks/compiled/<name>.toml), scored against the
-program's true circuit under that ablation (graphs/ground_truth/<name>/<ablation>/circuit.json,
-written by ``python -m acd.ground_truth``):
+program's true circuit under that ablation *on the task's inputs*: ``acd.ground_truth.derive``
+over every input of the task's length (distinct symbols for ``sort``), each paired with another
+one. (graphs/ground_truth/ holds the true circuits over the whole input space, every length; a
+task's prompts share one length, and an edge that matters only at other lengths cannot be
+found from them.) ACDC and hybrid search with the task's own metric.
 
     AUC        edge ROC AUC of |score| (for ACDC and hybrid: |delta|) against the true edges,
                over all valid edges (``acd.comparison.compare``); ties count one half
@@ -31,52 +34,55 @@ from pathlib import Path
 import acd
 from acd.comparison import compare
 from acd.errors import AcdError
+from acd.ground_truth import GroundTruthError, derive, program_batches
 from acd.methods import ACDC, EAP, EAPIG, Exact, Hybrid, TopN
 
-ROOT = Path(__file__).resolve().parents[1]
-TRUTH_DIR = ROOT / "graphs" / "ground_truth"
 ABLATIONS = ("corrupted", "zero")
 TAUS = (1e-4, 1e-3, 1e-2)
 
 
-def methods(n_true: int, n_edges: int) -> list[tuple[str, object, object]]:
-    """(label, method, selection) of each row."""
+def methods(n_true: int, n_edges: int, metric: str) -> list[tuple[str, object, object]]:
+    """(label, method, selection) of each row; the searches use the task's ``metric``."""
     top = TopN(min(n_true, n_edges))
     rows: list[tuple[str, object, object]] = [
         ("eap", EAP(), top),
         ("eap-ig", EAPIG(), top),
         ("exact", Exact(), top),
     ]
-    rows += [(f"acdc tau {tau:g}", ACDC(tau), None) for tau in TAUS]
+    rows += [(f"acdc tau {tau:g}", ACDC(tau, metric=metric), None) for tau in TAUS]
     candidates = max(1, min(n_edges, 2 * n_true))
-    rows.append((f"hybrid top {candidates}, tau 1e-3", Hybrid(1e-3, candidates=candidates), None))
+    hybrid = Hybrid(1e-3, metric=metric, candidates=candidates)
+    rows.append((f"hybrid top {candidates}, tau 1e-3", hybrid, None))
     return rows
 
 
-def true_mask(name: str, ablation: str, graph: acd.ComputeGraph):
-    """The true circuit's [n_src, n_dst] mask, or None when none was written."""
-    path = TRUTH_DIR / name / ablation / "circuit.json"
-    if not path.is_file():
-        return None
-    truth = acd.load_circuit(path)
-    if (truth.graph.n_src, truth.graph.n_dst) != (graph.n_src, graph.n_dst):
-        raise AcdError(f"{path} is for another graph than compiled/{name}")
-    return truth.mask
+def true_mask(model, graph: acd.ComputeGraph, task, ablation: str):
+    """The true circuit [n_src, n_dst] bool on every input of the task's length, or the reason
+    there is none (a string)."""
+    batches = [b for b in program_batches(model) if b.clean.shape[1] == task.length + 1]
+    if not batches:
+        return f"no two inputs of length {task.length}"
+    try:
+        return derive(model, graph, batches, ablation).mask
+    except GroundTruthError as failed:
+        return f"check failed: {str(failed)[:80]}"
 
 
 def measure(name: str, ablation: str, prompts: int) -> list[dict]:
     model = acd.load_model(f"compiled/{name}")
     task = acd.load_task(f"compiled/{name}")
     graph = acd.ComputeGraph.from_model(model)
-    truth = true_mask(name, ablation, graph)
+    truth = true_mask(model, graph, task, ablation)
     base = {"program": name, "ablation": ablation, "edges": graph.n_edges}
-    if truth is None:
-        return [{**base, "note": "no true circuit written (python -m acd.ground_truth)"}]
+    if isinstance(truth, str):
+        return [{**base, "note": truth}]
     n_true = int(truth.sum())
+    if n_true == 0:
+        return [{**base, "true": 0, "note": "empty true circuit: no output depends on an edge"}]
     base["true"] = n_true
     run = acd.RunConfig(ablation=ablation, progress=False)
     rows = []
-    for label, method, select in methods(n_true, graph.n_edges):
+    for label, method, select in methods(n_true, graph.n_edges, task.metric):
         start = time.perf_counter()
         try:
             circuit = acd.discover(
@@ -91,6 +97,7 @@ def measure(name: str, ablation: str, prompts: int) -> list[dict]:
             {
                 **base,
                 "method": label,
+                "family": label.split(" top")[0],  # hybrid rows differ only in their K
                 "auc": by_score.edge_roc_auc,
                 "precision": kept.edge_precision,
                 "recall": kept.edge_recall,
@@ -127,12 +134,12 @@ def table(rows: list[dict]) -> str:
         )
     lines += ["", "| method | ablation | median AUC | min AUC | runs |", "|---|---|---|---|---|"]
     for ablation in ABLATIONS:
-        labels = dict.fromkeys(r["method"] for r in rows if "method" in r)
-        for label in labels:
+        families = dict.fromkeys(r["family"] for r in rows if "family" in r)
+        for label in families:
             aucs = [
                 r["auc"]
                 for r in rows
-                if r.get("method") == label and r["ablation"] == ablation and r["auc"] is not None
+                if r.get("family") == label and r["ablation"] == ablation and r["auc"] is not None
             ]
             if aucs:
                 lines.append(
@@ -144,7 +151,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--only", default=None, help="comma-separated program names")
     parser.add_argument("--ablations", default=",".join(ABLATIONS))
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
