@@ -5,10 +5,11 @@ key's type (strict: ``half_length = "ten"`` and ``variables = "names"`` are refu
 coerced), unknown keys (a misspelt key would otherwise be ignored), and what must agree
 within the file (variables name lists, every ``{name}`` of a template is a plain placeholder
 of a variable, ``[prefix]`` and ``[answers]`` name lists and variables). It returns a
-``TemplateFile``, ``InductionFile`` or ``PairsFile``; ``acd.tasks`` builds the task from it,
-reading the word lists with ``read_word_list`` / ``list_entries`` and checking what depends on
-their contents with ``check_template_lists`` and ``check_pool``. Every problem is one
-``TaskError`` line: ``task file 'x.toml': <key>: <what was expected>, got <value>``.
+``TemplateFile``, ``InductionFile``, ``PairsFile`` or ``CompiledFile``; ``acd.tasks`` builds
+the task from it, reading the word lists with ``read_word_list`` / ``list_entries`` and
+checking what depends on their contents with ``check_template_lists`` and ``check_pool``.
+Every problem is one ``TaskError`` line: ``task file 'x.toml': <key>: <what was expected>, got
+<value>``.
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ SCHEMAS: dict[str, type[TemplateFile | InductionFile | PairsFile | CompiledFile]
 # Reading
 
 
-def read_task_file(path: str | Path) -> TemplateFile | InductionFile | PairsFile:
+def read_task_file(path: str | Path) -> TemplateFile | InductionFile | PairsFile | CompiledFile:
     """The checked contents of a task TOML file (module docstring); TaskError in one line."""
     path = Path(path)
     where = label(path)
