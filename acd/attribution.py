@@ -1,4 +1,4 @@
-"""Edge scores: EAP, EAP-IG and exact activation patching.
+"""Edge scores: EAP, EAP-IG (inputs and activations), clean-corrupted and exact patching.
 
 Every method scores an edge u -> v with the same quantity, or an estimate of it:
 
@@ -15,20 +15,65 @@ negative score (corrupting it destroys the behaviour). Rank by |score| unless th
              corrupted forward per prompt batch; every edge from one einsum.
     eap-ig   the same with dM/d(in_v) averaged over m = ig_steps runs whose input embeddings
              are e_k = p_input + (k/m) (z_input^clean - p_input), k = 1 .. m (the corrupted
-             end excluded, the clean end included, so m = 1 is plain EAP).
+             end excluded, the clean end included, so m = 1 is plain EAP). MIB's and
+             EAP-IG's "EAP-IG-inputs".
+    eap-ig-activations
+             MIB's "EAP-IG-activations" (hannamw/EAP-IG, ``attribute(method=
+             'EAP-IG-activations')``, ``get_scores_ig_activations``): the path runs through
+             one layer's activations at a time instead of the input embeddings. The layer
+             slots L are EAP-IG's nodes: the input, each layer's heads (all of them at once),
+             each layer's MLP. For u in slot L(u):
+
+                 score(u -> v) = (p_u - z_u^clean) . (1/m) sum_{k=1..m} dM/d(in_v) [run L(u), k]
+
+             where run (L, k) is the clean forward in which L's outputs are set to
+             z_L(a_k) = p_L + a_k (z_L^clean - p_L), a_k = k/m, and held there (constants: the
+             sources before L stay clean, every source after L is recomputed from z_L(a_k)).
+             k = m is the clean run for every slot and is shared, so m = 1 is plain EAP; one
+             chunk costs 1 + n_slots (m - 1) forward + backward passes (n_slots = 2 n_layers + 1
+             with MLPs).
+             Two deliberate differences from EAP-IG's code: it adds every run's gradients to
+             every edge (not only to the edges out of the interpolated slot) and divides by
+             n_slots m, which mixes in runs where a slot between v and the logits is held
+             constant (cutting v's gradient through it) and makes m = 1 differ from EAP; and for
+             mean ablation it interpolates towards zero (its corrupted activations stay unset)
+             while multiplying by (mean - clean). acd scores each edge from its own slot's runs
+             and interpolates towards p_u.
+    clean-corrupted
+             EAP-IG's two-point variant (``method='clean-corrupted'``,
+             ``get_scores_clean_corrupted``): the gradient averaged at the two ends of the input
+             path, (p_u - z_u^clean) . (dM/d(in_v)[clean] + dM/d(in_v)[corrupted]) / 2, where
+             the corrupted end is the run whose input node outputs p_input (EAP-IG-inputs at
+             k = 0): for corrupted ablation exactly the corrupted run (EAP-IG runs the corrupted
+             prompt and allows no other ablation). Two passes per chunk. The metric keeps the
+             clean run as its reference at both ends (KL: from the clean logits), as EAP-IG's.
     exact    the difference itself, one patched forward per edge and prompt, batched: many
              (edge, prompt) variants share a forward, and each forward starts at the edge's
              destination layer from the cached clean residual (``patching.run_from_layer``),
              computing logits only at the positions the metric reads.
 
 Node scores (``node_scores``) follow the same convention for a source u patched on all of its
-outgoing edges at once (its output replaced by p_u): ``exact`` measures it; ``eap``/``eap-ig``
-estimate it by (p_u - z_u^clean) . dM/dz_u, which equals the sum of u's edge scores because z_u
-reaches M only through its destinations' inputs, each with coefficient 1.
+outgoing edges at once (its output replaced by p_u): ``exact`` measures it; the gradient methods
+estimate it by (p_u - z_u^clean) . dM/dz_u (averaged as their edge gradients are), which equals
+the sum of u's edge scores because z_u reaches M only through its destinations' inputs, each
+with coefficient 1.
+
+References: EAP-IG, Hanna et al. 2024 (arXiv:2403.17806) and its code (github.com/hannamw/EAP-IG,
+src/eap/attribute.py); MIB, Mueller et al. 2025 (arXiv:2504.13151), whose circuit track compares
+EAP-IG-inputs, EAP-IG-activations and the others by their code.
 
 EAP-IG's own code (hannamw/EAP-IG) has used both k = 1 .. m and, currently, k = 0 .. m - 1 (the
 corrupted end included, the clean end excluded); the two Riemann sums differ by
 (grad at clean - grad at corrupted) / m. acd uses k = 1 .. m.
+
+Frozen norms. With ``frozen_norms=True`` (the gradient methods only; GIM's frozen-norm backward
+rule, Edin et al. 2025) every gradient is taken with each LayerNorm / RMSNorm's per-position
+statistics, the mean mu and s = 1/sqrt(var + eps), held constant: the forward is unchanged (the
+logits bit for bit), the backward that of x -> (x - mu) s gamma + beta, so dM/dx = dM/dy * gamma
+* s. Where a norm saturates, the statistics' term dominates the true gradient and says little
+about what a source writes. The rule lives in ``run_with_gradients(frozen_norms=True)``
+(acd.models.norms: where the bridge computes each norm, and why its ``hook_scale`` is not
+enough). ``exact`` takes no gradient and refuses it; so does a model without norms.
 
 Scale. Scores are means over prompts, so in a torch.distributed process group
 (``acd.distributed``; every rank calls with the same arguments) each rank scores only its
@@ -50,7 +95,8 @@ from tqdm.auto import tqdm
 
 from acd.distributed import is_main
 from acd.memory import accumulator_dtype, auto_batch_size  # noqa: F401 (auto_batch_size: API)
-from acd.patching import RestartCache, run_with_gradients
+from acd.models.norms import check_frozen_norms
+from acd.patching import RestartCache, run_with_gradients, source_hooks
 from acd.runner import PromptRunner, RunnerError, at_positions
 
 if TYPE_CHECKING:
@@ -59,7 +105,7 @@ if TYPE_CHECKING:
     from acd.models.load import ModelAdapter
     from acd.tasks import PromptBatch
 
-METHODS = ("eap", "eap-ig", "exact")
+METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")
 
 # (edge, prompt) variants one exact-scoring forward carries by default: large enough to keep
 # the matrix products efficient, small enough that a GPT-2-small forward stays well under 1 GB.
@@ -91,11 +137,13 @@ def attribute(
     progress: bool = True,
     edge_mask: torch.Tensor | None = None,
     variants_per_forward: int = VARIANTS_PER_FORWARD,
+    frozen_norms: bool = False,
 ) -> torch.Tensor:
     """Score every valid edge of ``graph`` on the prompts of ``batch``.
 
     Args:
-        method: ``eap``, ``eap-ig`` or ``exact`` (module docstring).
+        method: ``eap``, ``eap-ig``, ``eap-ig-activations``, ``clean-corrupted`` or
+            ``exact`` (module docstring).
         metric: a metric name (``logit_diff``, ``prob_diff``, ``logprob``, ``kl`` — KL from the
             clean model's output — or ``task``, the batch's own), an ``acd.metrics.Metric``, or
             a function (logits [N, T, V], PromptBatch) -> [N] that reads logits only where
@@ -107,19 +155,24 @@ def attribute(
             prompts of ``batch``).
         batch_size: prompts per forward pass; does not change the scores. Default: as many
             as fit in a fraction of the free memory (``acd.memory.auto_batch_size``).
-        ig_steps: m, the number of interpolation points of ``eap-ig``.
+        ig_steps: m, the number of interpolation points of ``eap-ig`` and
+            ``eap-ig-activations`` (per layer slot).
         progress: show a progress bar (on rank 0 only).
         edge_mask: [n_src, n_dst] bool; score only these edges (the others are 0). For
             ``exact`` this is what the cost scales with.
         variants_per_forward: ``exact`` only: how many (edge, prompt) variants one forward
             carries.
+        frozen_norms: gradient methods only: take every gradient with each LayerNorm /
+            RMSNorm's statistics held constant (module docstring, "Frozen norms"); refused
+            for ``exact`` and for a model without norms.
 
     Returns: scores [n_src, n_dst] on the CPU (float32; float64 for a float64 model), zero on
-    invalid edges: the mean over prompts of the estimated (eap, eap-ig) or measured (exact)
+    invalid edges: the mean over prompts of the estimated (gradient methods) or measured (exact)
     M(clean with u -> v patched) - M(clean). In a process group: the same on every rank
     (module docstring, "Scale").
     """
     _check_arguments(method, ig_steps, variants_per_forward)
+    _check_frozen_norms(model, method, frozen_norms)
     runner = _runner(model, graph, batch, method, metric, ablation, batch_size, ig_steps)
     return score_with(
         runner,
@@ -128,6 +181,7 @@ def attribute(
         progress=progress,
         edge_mask=edge_mask,
         variants_per_forward=variants_per_forward,
+        frozen_norms=frozen_norms,
     )
 
 
@@ -139,9 +193,11 @@ def score_with(
     progress: bool = True,
     edge_mask: torch.Tensor | None = None,
     variants_per_forward: int = VARIANTS_PER_FORWARD,
+    frozen_norms: bool = False,
 ) -> torch.Tensor:
     """``attribute`` on the runner's prompts, metric and ablation: [n_src, n_dst] on the CPU."""
     _check_arguments(method, ig_steps, variants_per_forward)
+    _check_frozen_norms(runner.model, method, frozen_norms)
     graph = runner.graph
     keep = graph.valid if edge_mask is None else _check_edge_mask(edge_mask, graph)
     progress = progress and is_main()
@@ -151,7 +207,7 @@ def score_with(
         scores = torch.zeros(graph.n_src, graph.n_dst, dtype=effects.dtype)
         scores[variants.src, variants.dst] = runner.sum(effects)
     else:
-        scores = runner.sum(_gradient_scores(runner, method, ig_steps, progress))
+        scores = runner.sum(_gradient_scores(runner, method, ig_steps, progress, frozen_norms))
     return torch.where(keep, scores / runner.n_total, torch.zeros((), dtype=scores.dtype))
 
 
@@ -167,21 +223,25 @@ def node_scores(
     ig_steps: int = 5,
     progress: bool = True,
     variants_per_forward: int = VARIANTS_PER_FORWARD,
+    frozen_norms: bool = False,
 ) -> torch.Tensor:
     """Score every source node (``graph.sources`` order: input, heads, MLPs).
 
     The score of u is M(clean with u's output patched on every outgoing edge) - M(clean),
     averaged over prompts: measured for ``exact`` (one forward per node and prompt, starting at
-    u's first destination layer), estimated for ``eap``/``eap-ig`` by
+    u's first destination layer), estimated by the gradient methods by
     (p_u - z_u^clean) . dM/dz_u, which is the sum of u's edge scores (module docstring).
     Arguments as for ``attribute``.
 
     Returns: scores [n_src] on the CPU.
     """
     _check_arguments(method, ig_steps, variants_per_forward)
+    _check_frozen_norms(model, method, frozen_norms)
     runner = _runner(model, graph, batch, method, metric, ablation, batch_size, ig_steps)
     if method != "exact":
-        return score_with(runner, method, ig_steps=ig_steps, progress=progress).sum(dim=1)
+        return score_with(
+            runner, method, ig_steps=ig_steps, progress=progress, frozen_norms=frozen_norms
+        ).sum(dim=1)
     variants = _node_variants(graph)
     effects = _exact_effects(runner, variants, variants_per_forward, progress and is_main())
     return runner.sum(effects) / runner.n_total
@@ -203,6 +263,18 @@ def _check_arguments(method: str, ig_steps: int, variants_per_forward: int) -> N
         )
 
 
+def _check_frozen_norms(model: ModelAdapter, method: str, frozen_norms: bool) -> None:
+    """Refuse ``frozen_norms`` where it cannot apply (before any forward): exact scoring takes
+    no gradient, and a model without norms has nothing to freeze (ModelError)."""
+    if not frozen_norms:
+        return
+    if method == "exact":
+        raise AttributionError(
+            "frozen_norms applies to the gradient methods, not 'exact' (it takes no gradient)"
+        )
+    check_frozen_norms(model)
+
+
 def _runner(
     model: ModelAdapter,
     graph: ComputeGraph,
@@ -214,6 +286,9 @@ def _runner(
     ig_steps: int,
 ) -> PromptRunner:
     """The prompt runner of one scoring call, its chunks sized for ``method``."""
+    # The two new gradient methods hold what EAP-IG holds: a second gradient buffer at most
+    # (clean-corrupted's corrupted-end gradients), so they are sized as EAP-IG with m >= 2.
+    memory_kind = "eap-ig" if method in ("eap-ig-activations", "clean-corrupted") else method
     return PromptRunner(
         model,
         graph,
@@ -221,8 +296,8 @@ def _runner(
         metric=metric,
         ablation=ablation,
         batch_size=batch_size,
-        method=method,
-        ig_steps=ig_steps,
+        method=memory_kind,
+        ig_steps=max(ig_steps, 2) if method == "clean-corrupted" else ig_steps,
         error=AttributionError,
     )
 
@@ -240,16 +315,18 @@ def _check_edge_mask(edge_mask: torch.Tensor, graph: ComputeGraph) -> torch.Tens
 
 
 def _gradient_scores(
-    runner: PromptRunner, method: str, ig_steps: int, progress: bool
+    runner: PromptRunner, method: str, ig_steps: int, progress: bool, frozen_norms: bool = False
 ) -> torch.Tensor:
-    """Sum over this rank's prompts of (p_u - z_u^clean) . g_v, g_v = dM/d(in_v) at the clean
-    run (EAP) or its mean along the interpolation path (EAP-IG): [n_src, n_dst], on the CPU,
-    invalid edges not yet zeroed."""
+    """Sum over this rank's prompts of (p_u - z_u^clean) . g_uv, with g_uv = dM/d(in_v) at the
+    clean run (EAP) or averaged as ``method`` says (module docstring): [n_src, n_dst], on the
+    CPU, invalid edges not yet zeroed. ``frozen_norms``: every gradient run holds the norms'
+    statistics constant (module docstring, "Frozen norms")."""
     model, graph = runner.model, runner.graph
     dtype = accumulator_dtype(model)
-    steps = ig_steps if method == "eap-ig" else 1
+    steps = ig_steps if method in ("eap-ig", "eap-ig-activations") else 1
     total = torch.zeros(graph.n_src, graph.n_dst, device=model.device, dtype=dtype)
-    bar = tqdm(total=len(runner.chunks) * steps, desc=method, unit="pass", disable=not progress)
+    passes = _passes_per_chunk(method, steps, model, graph)
+    bar = tqdm(total=len(runner.chunks) * passes, desc=method, unit="pass", disable=not progress)
     for i, chunk in enumerate(runner.chunks):
         # KL needs the clean logits before the gradient runs (the runner keeps them).
         metric_fn = runner.bind(i)
@@ -257,17 +334,68 @@ def _gradient_scores(
         # The clean end of the path (k = m) is the plain clean run: all that EAP needs. Its
         # logits are the later stages' clean logits (the gate's, the evaluation's), for free.
         clean_metric = _remembering(runner, i, metric_fn)
-        _, clean_sources, grads = run_with_gradients(model, graph, chunk.clean, clean_metric)
+        _, clean_sources, grads = run_with_gradients(
+            model, graph, chunk.clean, clean_metric, frozen_norms=frozen_norms
+        )
         bar.update(1)
         patch = runner.patch(i)
-        if steps > 1:
+        if method == "eap-ig-activations":
+            # Every layer's k = m run is this clean run; the caller divides by m.
+            _add_edge_products(total, patch, clean_sources, grads)
+            del grads
+            _add_activation_paths(
+                total,
+                model,
+                graph,
+                chunk,
+                metric_fn,
+                clean_sources,
+                patch,
+                steps,
+                bar,
+                frozen_norms=frozen_norms,
+            )
+            continue
+        if method == "clean-corrupted":
+            # The corrupted end: EAP-IG's input path at k = 0 (for corrupted ablation, exactly
+            # the corrupted run).
+            corrupted = run_with_gradients(
+                model,
+                graph,
+                chunk.clean,
+                metric_fn,
+                embed_override=patch[:, :, 0],
+                frozen_norms=frozen_norms,
+            )[2]
+            bar.update(1)
+            grads = (grads + corrupted) / 2
+        elif steps > 1:
             path = _path_gradients(
-                model, graph, chunk, metric_fn, clean_sources[:, :, 0], patch[:, :, 0], steps, bar
+                model,
+                graph,
+                chunk,
+                metric_fn,
+                clean_sources[:, :, 0],
+                patch[:, :, 0],
+                steps,
+                bar,
+                frozen_norms=frozen_norms,
             )
             grads = (grads + path) / steps
         _add_edge_products(total, patch, clean_sources, grads)
     bar.close()
+    if method == "eap-ig-activations":
+        total /= steps
     return total.cpu()
+
+
+def _passes_per_chunk(method: str, steps: int, model: ModelAdapter, graph: ComputeGraph) -> int:
+    """Forward + backward passes ``_gradient_scores`` makes per chunk (for the progress bar)."""
+    if method == "clean-corrupted":
+        return 2
+    if method == "eap-ig-activations":
+        return 1 + len(source_hooks(model, graph)) * (steps - 1)
+    return steps
 
 
 def _remembering(
@@ -283,9 +411,15 @@ def _remembering(
 
 
 def _add_edge_products(
-    total: torch.Tensor, patch: torch.Tensor, clean_sources: torch.Tensor, grads: torch.Tensor
+    total: torch.Tensor,
+    patch: torch.Tensor,
+    clean_sources: torch.Tensor,
+    grads: torch.Tensor,
+    first: int = 0,
+    stop: int | None = None,
 ) -> None:
-    """total[u, v] += sum over (prompt, position) of (patch - clean)[., ., u] . grads[., ., v].
+    """total[u, v] += sum over (prompt, position) of (patch - clean)[., ., u] . grads[., ., v],
+    for the sources u in first .. stop - 1 (default: all).
 
     The einsum 'bpsd,bpnd->sn' as batched matmuls accumulated in place, which need no copy of
     grads (torch.einsum makes one: most of EAP's memory on GPT-2 small), over blocks of
@@ -294,11 +428,12 @@ def _add_edge_products(
     [n, pos, n_dst, d_model].
     """
     n, pos, n_src, d_model = clean_sources.shape
+    stop = n_src if stop is None else stop
     grads_t = grads.to(total.dtype).flatten(0, 1).transpose(1, 2)  # [n * pos, d_model, n_dst]
     per_source = n * pos * d_model * total.element_size()
     block = max(1, DIFF_BLOCK_BYTES // per_source)
-    for start in range(0, n_src, block):
-        rows = slice(start, start + block)
+    for start in range(first, stop, block):
+        rows = slice(start, min(start + block, stop))
         diff = (patch[:, :, rows] - clean_sources[:, :, rows]).to(total.dtype)
         total[rows].addbmm_(diff.flatten(0, 1), grads_t)
 
@@ -312,6 +447,7 @@ def _path_gradients(
     patch_embed: torch.Tensor,
     steps: int,
     bar: tqdm,
+    frozen_norms: bool = False,
 ) -> torch.Tensor:
     """Sum of dM/d(in_v) over the input embeddings e_k = p + (k/m)(clean - p), k = 1 .. m - 1
     (the clean end k = m is the caller's): [n, pos, n_dst, d_model].
@@ -321,10 +457,48 @@ def _path_gradients(
     total = torch.zeros(())  # broadcasts; steps >= 2 here, so at least one gradient is added
     for k in range(1, steps):
         embed = patch_embed + (k / steps) * (clean_embed - patch_embed)
-        grads = run_with_gradients(model, graph, chunk.clean, metric_fn, embed_override=embed)[2]
+        grads = run_with_gradients(
+            model, graph, chunk.clean, metric_fn, embed_override=embed, frozen_norms=frozen_norms
+        )[2]
         total = grads if k == 1 else total + grads
         bar.update(1)
     return total
+
+
+def _add_activation_paths(
+    total: torch.Tensor,
+    model: ModelAdapter,
+    graph: ComputeGraph,
+    chunk: PromptBatch,
+    metric_fn: Callable[[torch.Tensor], torch.Tensor],
+    clean_sources: torch.Tensor,
+    patch: torch.Tensor,
+    steps: int,
+    bar: tqdm,
+    frozen_norms: bool = False,
+) -> None:
+    """EAP-IG-activations' runs k = 1 .. m - 1 (k = m is the caller's clean run): for each
+    layer slot L (the input; a layer's heads; a layer's MLP) and each k, one gradient run with
+    L's outputs set to p_L + (k/m)(z_L^clean - p_L), whose gradients score only the edges out
+    of L: total[L, :] += (p_L - z_L^clean) . g. Not divided by m (the caller does).
+
+    Args: total [n_src, n_dst]; clean_sources, patch [n, pos, n_src, d_model].
+    """
+    for slot in source_hooks(model, graph):
+        rows = slice(slot.start, slot.stop)
+        clean, base = clean_sources[:, :, rows], patch[:, :, rows]
+        for k in range(1, steps):
+            values = base + (k / steps) * (clean - base)  # [n, pos, width, d_model]
+            grads = run_with_gradients(
+                model,
+                graph,
+                chunk.clean,
+                metric_fn,
+                source_override=(slot.start, values),
+                frozen_norms=frozen_norms,
+            )[2]
+            _add_edge_products(total, patch, clean_sources, grads, slot.start, slot.stop)
+            bar.update(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ class Circuit:
             when unknown (a task built in memory, files of older acd versions).
         prompt_split: how discovery's prompts were kept apart from evaluation's
             (``acd.heldout.PromptSplit``); None when unknown.
+        edge_inclusion: [n_src, n_dst] float in [0, 1], the share of the trust report's
+            prompt resamples whose circuit keeps each edge (``acd.trust``); None when the
+            stability was not measured.
     """
 
     graph: ComputeGraph
@@ -97,6 +100,7 @@ class Circuit:
     created: str = field(default_factory=utc_now)
     task_source: TaskSource | None = None
     prompt_split: PromptSplit | None = None
+    edge_inclusion: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = (self.graph.n_src, self.graph.n_dst)
@@ -109,6 +113,10 @@ class Circuit:
         # where, not multiplication: x * 0 leaves -0.0 (and NaN) on invalid entries.
         scores = self.scores.detach().float().cpu()
         self.scores = torch.where(self.graph.valid, scores, torch.zeros((), dtype=scores.dtype))
+        if self.edge_inclusion is not None:
+            if tuple(self.edge_inclusion.shape) != shape:
+                raise ValueError(f"edge_inclusion must have the graph's shape {shape}")
+            self.edge_inclusion = self.edge_inclusion.detach().float().cpu() * self.graph.valid
 
     @property
     def evaluation_metric(self) -> str | None:

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 
 from acd.atomic import atomic_paths, atomic_write
 from acd.errors import AcdError
+from acd.trust import trust_line
 
 if TYPE_CHECKING:
     from acd.circuit import Circuit
@@ -357,6 +358,9 @@ def _title_label(
         )
     if n_kept == 0:
         rows.append('<TR><TD><FONT POINT-SIZE="13">no edges kept</FONT></TD></TR>')
+    trust = trust_line(circuit.metrics)
+    if trust is not None:
+        rows.append(f'<TR><TD><FONT POINT-SIZE="11">{_html(trust)}</FONT></TD></TR>')
     rows.append(f"<TR><TD>{_legend(graph, largest, show_zero=show_zero)}</TD></TR>")
     return '<<TABLE BORDER="0" CELLSPACING="2" CELLPADDING="1">' + "".join(rows) + "</TABLE>>"
 

@@ -27,8 +27,12 @@ from acd.methods import (
     ACDC,
     EAP,
     EAPIG,
+    CleanCorrupted,
+    EAPIGActivations,
+    Exact,
     Hybrid,
     Method,
+    ScoringMethod,
     Selection,
     checked_method,
     checked_selection,
@@ -39,7 +43,16 @@ from acd.models import ModelAdapter, load_model, weights_sha256
 from acd.patching import ABLATIONS
 from acd.runner import PromptRunner
 from acd.search import prune_dangling
-from acd.tasks import Task, load_task
+from acd.tasks import PromptBatch, Task, load_task
+from acd.trust import (
+    FIDELITY_PROMPTS,
+    RESAMPLE_FRACTION,
+    RESAMPLES,
+    TrustReport,
+    fidelity,
+    resample_indices,
+    stability,
+)
 
 __all__ = ["RunConfig", "default_edges", "discover"]
 
@@ -58,6 +71,12 @@ class RunConfig:
         device, dtype: where and in what precision a model given by name is loaded.
         progress: show progress bars.
         force: score even when the sanity gate fails (``discover``).
+        trust: attach the trust report (``acd.trust``: fidelity against exact patching for
+            the gradient methods, stability over prompt resamples) to the circuit; False skips
+            it (faster).
+        resamples: prompt resamples of the stability figures; None: ``acd.trust.RESAMPLES``
+            for the gradient methods (each costs one more scoring), 0 for exact and the
+            searches.
     """
 
     metric: str | None = None
@@ -67,6 +86,8 @@ class RunConfig:
     dtype: str | torch.dtype | None = None
     progress: bool = True
     force: bool = False
+    trust: bool = True
+    resamples: int | None = None
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -81,6 +102,12 @@ class RunConfig:
             raise AcdError(f"batch_size must be an integer, got {self.batch_size!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise AcdError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.resamples is not None and (
+            isinstance(self.resamples, bool)
+            or not isinstance(self.resamples, int)
+            or self.resamples < 0
+        ):
+            raise AcdError(f"resamples must be an integer >= 0, got {self.resamples!r}")
 
 
 def discover(
@@ -172,11 +199,11 @@ def discover(
         ablation=run.ablation,
         batch_size=run.batch_size,
         method=method.memory_kind,
-        ig_steps=method.steps if isinstance(method, EAPIG) else 5,
+        ig_steps=method.steps if isinstance(method, (EAPIG, EAPIGActivations)) else 5,
     )
     # EAP's and EAP-IG's own runs are the gate's (the clean and corrupted forwards): for them
     # the gate comes after scoring at no cost; before the costlier methods, it saves them.
-    gate_first = not isinstance(method, (EAP, EAPIG))
+    gate_first = not isinstance(method, (EAP, EAPIG, EAPIGActivations, CleanCorrupted))
     if gate_first:
         _sanity_gate(runner, task.name, run.force)
 
@@ -209,6 +236,11 @@ def discover(
     metrics = evaluation.summary()
     metrics["n_selected"] = int(selected.sum())
     metrics["seconds"] = round(time.perf_counter() - start, 3)
+    inclusion = None
+    if run.trust:
+        report = _trust_report(runner, batch, method, selection, prune, scores, selected, mask, run)
+        metrics.update(report.summary())
+        inclusion = report.stability.inclusion if report.stability else None
     return Circuit(
         graph=graph,
         mask=mask,
@@ -222,6 +254,67 @@ def discover(
         model_sha256=weights_sha256(model),
         task_source=task_source(task),
         prompt_split=split,
+        edge_inclusion=inclusion,
+    )
+
+
+def _trust_report(
+    runner: PromptRunner,
+    batch: PromptBatch,
+    method: Method,
+    selection: Selection | None,
+    prune: bool,
+    scores: torch.Tensor,
+    selected: torch.Tensor,
+    mask: torch.Tensor,
+    run: RunConfig,
+) -> TrustReport:
+    """The circuit's trust report (acd.trust): fidelity for a gradient method, and stability
+    over ``run.resamples`` random halves of the prompts (default: for gradient methods)."""
+    start = time.perf_counter()
+    gradient = isinstance(method, ScoringMethod) and not isinstance(method, Exact)
+    found = None
+    if isinstance(method, ScoringMethod) and gradient:
+        # The method's scores and exact effects, on the same (first few) prompts.
+        first = batch.select(list(range(min(len(batch), FIDELITY_PROMPTS))))
+        sub = _runner_like(runner, first, method)
+        found = fidelity(sub, method.score(sub, progress=False), selected)
+    resamples = run.resamples if run.resamples is not None else (RESAMPLES if gradient else 0)
+    masks = []
+    for rows in resample_indices(len(batch), resamples, RESAMPLE_FRACTION, seed=1):
+        masks.append(_refound(runner, batch.select(rows), method, selection, prune))
+    stable = stability(masks, mask, RESAMPLE_FRACTION) if masks else None
+    return TrustReport(fidelity=found, stability=stable, seconds=time.perf_counter() - start)
+
+
+def _refound(
+    runner: PromptRunner,
+    prompts: PromptBatch,
+    method: Method,
+    selection: Selection | None,
+    prune: bool,
+) -> torch.Tensor:
+    """The circuit ``method`` (and ``selection``) finds on ``prompts``: [n_src, n_dst] bool."""
+    graph = runner.graph
+    sub = _runner_like(runner, prompts, method)
+    if isinstance(method, ACDC):  # a resample's search must not touch the main checkpoint
+        kept = replace(method, checkpoint=None).search(sub, prompts, progress=False).mask
+    else:
+        assert selection is not None
+        kept = selection.select(method.score(sub, progress=False), graph)
+    return prune_dangling(kept, graph) if prune else kept
+
+
+def _runner_like(runner: PromptRunner, prompts: PromptBatch, method: Method) -> PromptRunner:
+    """A runner over ``prompts`` with ``runner``'s model, graph, metric and ablation."""
+    return PromptRunner(
+        runner.model,
+        runner.graph,
+        prompts,
+        metric=runner.metric,
+        ablation=runner.ablation,
+        batch_size=runner.batch_size,
+        method=method.memory_kind,
     )
 
 

@@ -2,8 +2,9 @@
 
 A *method* decides which edges matter. Two kinds:
 
-    scoring methods   EAP(), EAPIG(steps=5), Exact()      score every edge (acd.attribution);
-                                                          a *selection* then keeps some
+    scoring methods   EAP(), EAPIG(steps=5),              score every edge (acd.attribution);
+                      EAPIGActivations(steps=5),          a *selection* then keeps some
+                      CleanCorrupted(), Exact()
     searches          ACDC(tau), Hybrid(tau, candidates)  decide the circuit themselves (acd.acdc)
 
 A *selection* turns scores into a circuit: TopN(n), Threshold(t), Greedy(n) (acd.search).
@@ -35,6 +36,17 @@ if TYPE_CHECKING:
 def _check_int(what: str, value: Any, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise AcdError(f"{what} must be an integer >= {least}, got {value!r}")
+
+
+def _check_bool(what: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise AcdError(f"{what} must be True or False, got {value!r}")
+
+
+def _frozen_norms_option(frozen_norms: bool) -> dict[str, Any]:
+    """``frozen_norms`` as a scoring option and a circuit parameter: recorded only when True,
+    so that the circuits of plain EAP / EAP-IG keep their parameters as before."""
+    return {"frozen_norms": True} if frozen_norms else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,19 +81,55 @@ class ScoringMethod:
 
 @dataclass(frozen=True)
 class EAP(ScoringMethod):
-    """Edge attribution patching: one gradient at the clean run per prompt chunk."""
+    """Edge attribution patching: one gradient at the clean run per prompt chunk.
+    ``frozen_norms``: the gradient with every norm's statistics held constant (acd.attribution,
+    "Frozen norms")."""
 
+    _: KW_ONLY
+    frozen_norms: bool = False
     name: ClassVar[str] = "eap"
     summary: ClassVar[str] = "edge attribution patching: first-order estimate, one backward"
+
+    def __post_init__(self) -> None:
+        _check_bool("frozen_norms", self.frozen_norms)
+
+    def _score_options(self) -> dict[str, Any]:
+        return _frozen_norms_option(self.frozen_norms)
+
+    def params(self) -> dict[str, Any]:
+        return _frozen_norms_option(self.frozen_norms)
 
 
 @dataclass(frozen=True)
 class EAPIG(ScoringMethod):
-    """EAP with the gradient averaged over ``steps`` inputs between corrupted and clean."""
+    """EAP with the gradient averaged over ``steps`` inputs between corrupted and clean;
+    ``frozen_norms`` as EAP's."""
 
     steps: int = 5
+    _: KW_ONLY
+    frozen_norms: bool = False
     name: ClassVar[str] = "eap-ig"
     summary: ClassVar[str] = "EAP with integrated gradients over the input embeddings (default)"
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 1)
+        _check_bool("frozen_norms", self.frozen_norms)
+
+    def _score_options(self) -> dict[str, Any]:
+        return {"ig_steps": self.steps, **_frozen_norms_option(self.frozen_norms)}
+
+    def params(self) -> dict[str, Any]:
+        return {"ig_steps": self.steps, **_frozen_norms_option(self.frozen_norms)}
+
+
+@dataclass(frozen=True)
+class EAPIGActivations(ScoringMethod):
+    """EAP with the gradient of each edge averaged over ``steps`` runs in which its source's
+    layer slot is interpolated between its patch and clean outputs (MIB's EAP-IG-activations)."""
+
+    steps: int = 5
+    name: ClassVar[str] = "eap-ig-activations"
+    summary: ClassVar[str] = "EAP with integrated gradients over each layer's activations"
 
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 1)
@@ -91,6 +139,25 @@ class EAPIG(ScoringMethod):
 
     def params(self) -> dict[str, Any]:
         return {"ig_steps": self.steps}
+
+    @property
+    def memory_kind(self) -> str:
+        # One gradient buffer per run, as EAP-IG's (acd.attribution._runner).
+        return "eap-ig"
+
+
+@dataclass(frozen=True)
+class CleanCorrupted(ScoringMethod):
+    """EAP with the gradient averaged at the clean and the corrupted run (EAP-IG's two-point
+    variant)."""
+
+    name: ClassVar[str] = "clean-corrupted"
+    summary: ClassVar[str] = "EAP with the gradient averaged at the clean and corrupted runs"
+
+    @property
+    def memory_kind(self) -> str:
+        # Two gradient buffers, as EAP-IG's with m >= 2 (acd.attribution._runner).
+        return "eap-ig"
 
 
 @dataclass(frozen=True)
@@ -320,11 +387,13 @@ class Threshold:
         }
 
 
-Method = EAP | EAPIG | Exact | ACDC | Hybrid
+Method = EAP | EAPIG | EAPIGActivations | CleanCorrupted | Exact | ACDC | Hybrid
 Selection = TopN | Greedy | Threshold
 
-METHODS: dict[str, type] = {cls.name: cls for cls in (EAP, EAPIG, Exact, ACDC, Hybrid)}
-SCORING_METHODS = ("eap", "eap-ig", "exact")
+METHODS: dict[str, type] = {
+    cls.name: cls for cls in (EAP, EAPIG, EAPIGActivations, CleanCorrupted, Exact, ACDC, Hybrid)
+}
+SCORING_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")
 SEARCH_METHODS = ("acdc", "hybrid")
 HYBRID_SCORING = ("eap-ig", "eap")
 SELECTIONS: dict[str, type] = {cls.name: cls for cls in (TopN, Threshold, Greedy)}
@@ -344,7 +413,8 @@ def default_edges(graph: ComputeGraph) -> int:
 def method_from_name(name: str, **options: Any) -> Method:
     """The method called ``name``, built from the ``options`` its class has fields for
     (others, and None values, are ignored): e.g. ``method_from_name("acdc", tau=0.1)``.
-    ``ig_steps`` is EAPIG's ``steps``; ``scoring`` (hybrid) may be a name."""
+    ``ig_steps`` is EAPIG's and EAPIGActivations' ``steps``; ``scoring`` (hybrid) may be a
+    name; ``frozen_norms`` with hybrid goes to its scoring (built from a name)."""
     if name not in METHODS:
         raise AcdError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     options = dict(options)
@@ -361,6 +431,8 @@ def method_from_name(name: str, **options: Any) -> Method:
             steps = (
                 {"steps": options["steps"]} if options.get("steps") and scoring == "eap-ig" else {}
             )
+            if options.get("frozen_norms"):
+                steps["frozen_norms"] = True  # hybrid's gradients are its scoring's
             options["scoring"] = METHODS[scoring](**steps)
     return _build(METHODS[name], options)
 
@@ -387,7 +459,9 @@ def method_from_params(name: str, params: dict[str, Any]) -> Method:
         return method_from_name(name, **params)
     if name in ("acdc",):
         return method_from_name(name, tau=params.get("tau"), metric=params.get("metric"))
-    return method_from_name(name, ig_steps=params.get("ig_steps"))
+    return method_from_name(
+        name, ig_steps=params.get("ig_steps"), frozen_norms=params.get("frozen_norms")
+    )
 
 
 def selection_from_params(params: dict[str, Any]) -> Selection | None:
@@ -413,7 +487,7 @@ def checked_method(method: str | Method) -> Method:
     parameters, so a bare name is refused in one line)."""
     if isinstance(method, str):
         return method_from_name(method)
-    if not isinstance(method, (EAP, EAPIG, Exact, ACDC)):
+    if not isinstance(method, (ScoringMethod, ACDC)):
         raise AcdError(f"method must be a name or a method object, got {method!r}")
     return method
 
@@ -438,6 +512,8 @@ __all__ = [
     "EAP",
     "EAPIG",
     "METHODS",
+    "CleanCorrupted",
+    "EAPIGActivations",
     "SELECTIONS",
     "Exact",
     "Greedy",

@@ -246,7 +246,7 @@ def expected_circuit_document(doc: dict, written: dict) -> dict:
     for key, value in {**defaults, "node_scores": {}}.items():
         expected.setdefault(key, value)
     expected["model"].setdefault("sha256", "")
-    for key in ("task_source", "prompt_split"):  # null: not recorded
+    for key in ("task_source", "prompt_split", "edge_inclusion"):  # null: not recorded
         if expected.get(key, 0) is None:
             del expected[key]
     for key in ("n_src", "n_dst", "n_edges"):
@@ -254,6 +254,10 @@ def expected_circuit_document(doc: dict, written: dict) -> dict:
     expected["scores"] = [torch.tensor(float(s)).item() for s in expected["scores"]]
     order = {tuple(edge): k for k, edge in enumerate(written["edges"])}
     assert {tuple(edge) for edge in expected["edges"]} == set(order)
+    if "edge_inclusion" in expected:  # one value per kept edge, in the edges' order (float32)
+        value = dict(zip(map(tuple, expected["edges"]), expected["edge_inclusion"]))
+        ordered = sorted(value, key=lambda edge: order[edge])
+        expected["edge_inclusion"] = [torch.tensor(float(value[e])).item() for e in ordered]
     expected["edges"] = sorted(expected["edges"], key=lambda edge: order[tuple(edge)])
     return expected
 
@@ -262,7 +266,9 @@ def expected_circuit_document(doc: dict, written: dict) -> dict:
 @given(data=st.data())
 def test_circuit_files_read_back_equal_or_are_refused(gpt2, scratch, data):
     document = json.loads(circuit_text(gpt2[0]))
-    text = data.draw(mutated_json(document, extra_keys=("task_source", "prompt_split")))
+    text = data.draw(
+        mutated_json(document, extra_keys=("task_source", "prompt_split", "edge_inclusion"))
+    )
     path = scratch / "circuit.json"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     circuit = read_or_refusal(load_circuit, path)

@@ -13,6 +13,7 @@ import warnings
 
 from acd.cli.common import diagram_formats, load_command_model, quiet_transformers
 from acd.errors import AcdError, AcdWarning
+from acd.methods import SCORING_METHODS
 from acd.outputs import discover_out_dir, save_or_rescue
 from acd.preflight import check_memory, check_out_dir, check_out_file, prompt_tokens
 from acd.run_checks import check_graph_size, check_model, discovery_prompts
@@ -48,15 +49,22 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 # Options that only some methods read; given with another method they are refused, not ignored.
+_SCORING_WORDS = "--method " + ", ".join(SCORING_METHODS[:-1]) + " or " + SCORING_METHODS[-1]
 _METHOD_OPTIONS = {
-    "--edges": ("edges", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
-    "--threshold": ("threshold", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
-    "--selection": ("selection", ("eap", "eap-ig", "exact"), "--method eap, eap-ig or exact"),
+    "--edges": ("edges", SCORING_METHODS, _SCORING_WORDS),
+    "--threshold": ("threshold", SCORING_METHODS, _SCORING_WORDS),
+    "--selection": ("selection", SCORING_METHODS, _SCORING_WORDS),
     "--tau": ("tau", ("acdc", "hybrid"), "--method acdc or hybrid"),
     "--candidates": ("candidates", ("hybrid",), "--method hybrid"),
     "--scoring": ("scoring", ("hybrid",), "--method hybrid"),
     "--checkpoint": ("checkpoint", ("acdc", "hybrid"), "--method acdc or hybrid"),
     "--rows-per-forward": ("rows_per_forward", ("acdc", "hybrid"), "--method acdc or hybrid"),
+    # Only the methods whose gradients it changes (exact and acdc take none).
+    "--frozen-norms": (
+        "frozen_norms",
+        ("eap", "eap-ig", "hybrid"),
+        "the gradient methods (--method eap, eap-ig or hybrid)",
+    ),
 }
 
 
@@ -74,7 +82,9 @@ def _discover_options(args: argparse.Namespace) -> dict:
         if getattr(args, attr) is not None and method not in methods:
             raise AcdError(f"{flag} applies to {where}, not --method {method}")
     scoring = args.scoring or "eap-ig"
-    uses_ig = method == "eap-ig" or (method == "hybrid" and scoring == "eap-ig")
+    uses_ig = method in ("eap-ig", "eap-ig-activations") or (
+        method == "hybrid" and scoring == "eap-ig"
+    )
     if args.ig_steps is not None and not uses_ig:
         raise AcdError(
             f"--ig-steps applies to --method eap-ig (or hybrid with --scoring eap-ig), "
@@ -95,6 +105,7 @@ def _discover_options(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size,
             progress=is_main() and not args.quiet,
             force=args.force,
+            trust=not args.no_trust,
         ),
     )
     options["method"] = method_from_name(
@@ -107,6 +118,7 @@ def _discover_options(args: argparse.Namespace) -> dict:
         scoring=scoring,
         checkpoint=args.checkpoint,
         rows_per_forward=args.rows_per_forward,
+        frozen_norms=args.frozen_norms,
     )
     if method not in ("acdc", "hybrid"):
         if args.threshold is not None:

@@ -12,6 +12,7 @@ import argparse
 from acd.cli.curve import cmd_curve
 from acd.cli.discover import cmd_discover
 from acd.cli.evaluate import cmd_evaluate
+from acd.cli.export import cmd_export
 from acd.cli.models import cmd_check_model, cmd_models, cmd_tasks
 from acd.cli.saved import cmd_compare, cmd_render
 from acd.methods import HYBRID_SCORING, METHODS, SELECTIONS
@@ -50,6 +51,11 @@ EXAMPLES = {
         "  acd curve ioi                   # eap, eap-ig, exact -> ioi_curve.png, ioi_curve.svg\n"
         "  acd curve greater-than --methods eap,eap-ig --prompts 50 --out figures/gt"
     ),
+    "export": (
+        "examples:\n"
+        "  acd export out/gpt2/ioi/eap-ig/circuit.json --mib mib   # -> mib/ioi_gpt2/\n"
+        "  acd export circuit.json --mib mib --kind circuits      # the nine circuits"
+    ),
 }
 
 
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _render_command(sub)
     _compare_command(sub)
     _curve_command(sub)
+    _export_command(sub)
     return parser
 
 
@@ -169,10 +176,23 @@ def _discover_command(sub) -> None:
         help="eap-ig (and hybrid's eap-ig scoring): integration steps (5)",
     )
     p.add_argument(
+        "--frozen-norms",
+        action="store_true",
+        default=None,  # None when absent, so that _discover_options can refuse it by method
+        help="eap/eap-ig/hybrid: take gradients with every LayerNorm/RMSNorm's mean and scale "
+        "held constant (GIM's frozen-norm rule; the forward is unchanged)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="score even when the model's metric does not separate clean from corrupted "
         "prompts (the sanity gate, docs/tasks.md); a warning instead of an error",
+    )
+    p.add_argument(
+        "--no-trust",
+        action="store_true",
+        help="skip the trust report (fidelity of a gradient method against exact patching on "
+        "100 edges, stability over 5 prompt resamples; acd.trust), for speed",
     )
     p.add_argument(
         "--no-prune",
@@ -240,6 +260,36 @@ def _curve_command(sub) -> None:
     _model_options(p)
     _prompt_options(p, rows="rows")
     p.add_argument("--out", help="path stem of the chart (default: <task>_curve)")
+
+
+def _export_command(sub) -> None:
+    """acd export CIRCUIT --mib DIR: the kind of submission, MIB's task and model names, signs."""
+    help_text = "Write a saved circuit as a MIB circuit-localization submission folder."
+    p = _add_command(sub, "export", help_text, cmd_export)
+    p.add_argument("circuit", help="circuit.json (acd) or an EAP-IG / MIB graph JSON")
+    p.add_argument(
+        "--mib", required=True, metavar="DIR", help="submission folder; gets DIR/<task>_<model>/"
+    )
+    p.add_argument(
+        "--kind",
+        choices=["importances", "circuits"],
+        default="importances",
+        help="importances: one file of every edge's score (default); circuits: the nine "
+        "circuits of at most 0.1 ... 50 %% of the edges",
+    )
+    p.add_argument("--mib-task", help="MIB's task name (default: the circuit's task, e.g. ioi)")
+    p.add_argument("--mib-model", help="MIB's model name (default: the circuit's model, e.g. gpt2)")
+    p.add_argument(
+        "--signed",
+        action="store_true",
+        help="with --kind circuits: rank edges by signed score, most helpful first "
+        "(default: by |score|)",
+    )
+    p.add_argument(
+        "--higher-is-helpful",
+        action="store_true",
+        help="the scores are already MIB's sign (default: only for circuits scored with kl)",
+    )
 
 
 def _model_options(

@@ -7,6 +7,8 @@ works as before:
     networkx_graph  the kept edges as a networkx MultiDiGraph (``to_networkx``), written as
                     circuit.graphml and circuit.nodelink.json
     eapig           hannamw/EAP-IG's ``Graph.to_json`` / ``Graph.from_json`` (also MIB's)
+    mib             a MIB circuit-localization submission: ``{task}_{model}`` folders of
+                    EAP-IG files (``write_mib``, ``read_mib``)
     summary         summary.md, a short human-readable summary
     save            every file of a run at once (``save_circuit``, ``Circuit.save``)
 
@@ -25,6 +27,7 @@ from acd.export.circuit_json import (
     save_circuit_json,
 )
 from acd.export.eapig import eapig_dict, eapig_from_dict, read_eapig_json, write_eapig_json
+from acd.export.mib import MibFolder, mib_layout_problems, read_mib, read_mib_folder, write_mib
 from acd.export.networkx_graph import (
     nodelink_json,
     read_networkx,
@@ -36,6 +39,7 @@ from acd.export.save import SavedFiles, save_circuit, write_data_files
 from acd.export.summary import summary_markdown
 
 __all__ = [
+    "MibFolder",
     "SavedFiles",
     "circuit_from_dict",
     "circuit_json",
@@ -44,8 +48,11 @@ __all__ = [
     "eapig_from_dict",
     "load_any_circuit",
     "load_circuit",
+    "mib_layout_problems",
     "nodelink_json",
     "read_eapig_json",
+    "read_mib",
+    "read_mib_folder",
     "read_networkx",
     "save_circuit",
     "save_circuit_json",
@@ -54,5 +61,6 @@ __all__ = [
     "write_data_files",
     "write_eapig_json",
     "write_graphml",
+    "write_mib",
     "write_nodelink",
 ]

@@ -48,6 +48,12 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
         # Optional (absent when unknown): where the task came from, how prompts were split.
         **({"task_source": circuit.task_source.to_dict()} if circuit.task_source else {}),
         **({"prompt_split": circuit.prompt_split.to_dict()} if circuit.prompt_split else {}),
+        # Optional: the trust report's per-edge inclusion frequency, one per kept edge.
+        **(
+            {"edge_inclusion": circuit.edge_inclusion[circuit.mask].tolist()}
+            if circuit.edge_inclusion is not None
+            else {}
+        ),
     }
 
 
@@ -111,6 +117,7 @@ def circuit_from_dict(document: Any, *, source: str = "circuit.json") -> Circuit
         created=doc.created,
         task_source=TaskSource(**doc.task_source.model_dump()) if doc.task_source else None,
         prompt_split=PromptSplit(**doc.prompt_split.model_dump()) if doc.prompt_split else None,
+        edge_inclusion=parsed.edge_inclusion,
     )
 
 

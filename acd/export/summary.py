@@ -6,6 +6,7 @@ from typing import Any
 
 from acd.circuit import Circuit
 from acd.heldout import split_line
+from acd.trust import trust_line
 
 
 def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
@@ -28,7 +29,13 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
         f"- Faithfulness: {_faithfulness_line(m)}",
         f"- Metric ({m.get('metric', 'n/a')}): clean {_num(m.get('metric_full'))}, circuit "
         f"{_num(m.get('metric_circuit'))}, corrupted (empty circuit) {_num(m.get('metric_empty'))}",
-        f"- Time: {_num(m.get('seconds'))} s",
+        f"- Time: {_num(m.get('seconds'))} s"
+        + (
+            f" (and {_num(m['trust_seconds'])} s for the trust report)"
+            if "trust_seconds" in m
+            else ""
+        ),
+        *([f"- Trust: {trust}"] if (trust := trust_line(m)) else []),
         f"- Created: {circuit.created or 'n/a'}",
         "",
         f"## Top {top} kept edges by |score|",

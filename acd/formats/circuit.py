@@ -38,12 +38,23 @@ from acd.graph import ComputeGraph, GraphShape
 FORMAT = "acd-circuit"
 FORMAT_VERSION = 1
 
+
+def _share(value: Any) -> float:
+    """A share in [0, 1] (an edge's inclusion frequency)."""
+    number = finite_number(value)
+    if not 0.0 <= number <= 1.0:
+        raise Expected("expected a number between 0 and 1")
+    return number
+
+
+Share = Annotated[float, PlainValidator(_share)]
+
 # Spelled out so that a type checker can read them; tests/test_formats.py checks that they
 # name exactly the registries' entries (METRIC_NAMES, ABLATIONS, SELECTIONS, METHODS).
 MetricName = Literal["logit_diff", "prob_diff", "logprob", "kl", "l2", "task"]
 Ablation = Literal["corrupted", "zero", "mean"]
 Selection = Literal["topn", "threshold", "greedy"]
-ScoringMethod = Literal["eap", "eap-ig", "exact"]
+ScoringMethod = Literal["eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact"]
 
 
 def _sha256_or_empty(value: Any) -> str:
@@ -231,6 +242,7 @@ class CircuitFile(Strict):
     node_scores: dict[str, FiniteFloat] = {}
     task_source: TaskSource | None = None
     prompt_split: PromptSplit | None = None
+    edge_inclusion: list[Share] | None = None
 
 
 @dataclass
@@ -243,6 +255,7 @@ class ParsedCircuit:
     scores: torch.Tensor  # [n_src, n_dst] float32
     params: dict[str, Any]
     metrics: dict[str, Any]
+    edge_inclusion: torch.Tensor | None = None  # [n_src, n_dst] float, when recorded
 
 
 def parse_circuit(data: Any, source: str = "circuit.json") -> ParsedCircuit:
@@ -262,14 +275,34 @@ def parse_circuit(data: Any, source: str = "circuit.json") -> ParsedCircuit:
     if not bool(scores.isfinite().all()):  # finite as a double, beyond float32's range
         index = int((~scores[graph.valid].isfinite()).nonzero()[0])
         raise AcdError(f"{source}: scores[{index}]: beyond the range of a float32 score")
+    mask = _mask(graph, document.edges, source)
     return ParsedCircuit(
         document=document,
         graph=graph,
-        mask=_mask(graph, document.edges, source),
+        mask=mask,
         scores=scores,
         params=document.params.as_dict(data.get("params", {})),
         metrics=document.metrics.as_dict(data.get("metrics", {})),
+        edge_inclusion=_inclusion(document.edge_inclusion, graph, document.edges, source),
     )
+
+
+def _inclusion(
+    values: list[float] | None,
+    graph: ComputeGraph,
+    edges: list[tuple[str, str]],
+    source: str,
+) -> torch.Tensor | None:
+    """The per-edge inclusion frequencies (one per kept edge, in the file's order of
+    ``edges``) as a dense [n_src, n_dst] tensor, or None when the file records none."""
+    if values is None:
+        return None
+    if len(values) != len(edges):
+        raise AcdError(f"{source}: edge_inclusion: {len(values)} values for {len(edges)} edges")
+    dense = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32)
+    for (src, dst), value in zip(edges, values):
+        dense[graph.edge_index(src, dst)] = value
+    return dense
 
 
 def _check_format(data: Any, source: str) -> None:
@@ -329,6 +362,12 @@ def _graph(info: GraphInfo, n_scores: int, source: str) -> ComputeGraph:
     return ComputeGraph(info.shape)
 
 
+def _printable(name: str) -> str:
+    """A node name as an error shows it: as is when printable, else quoted by ``short`` (a
+    file may hold any character, and the error must stay one line)."""
+    return name if name.isprintable() and len(name) <= 80 else short(name)
+
+
 def _mask(graph: ComputeGraph, edges: list[tuple[str, str]], source: str) -> torch.Tensor:
     """[n_src, n_dst] bool mask of the kept edges; each must be an edge, listed once."""
     mask = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
@@ -336,8 +375,10 @@ def _mask(graph: ComputeGraph, edges: list[tuple[str, str]], source: str) -> tor
         try:
             i, j = graph.edge_index(src, dst)
         except KeyError as err:
-            raise AcdError(f"{source}: edges[{k}]: {src} -> {dst}: {err.args[0]}") from None
+            pair = f"{_printable(src)} -> {_printable(dst)}"
+            raise AcdError(f"{source}: edges[{k}]: {pair}: {err.args[0]}") from None
         if mask[i, j]:
-            raise AcdError(f"{source}: edges[{k}]: {src} -> {dst} is listed twice")
+            pair = f"{_printable(src)} -> {_printable(dst)}"
+            raise AcdError(f"{source}: edges[{k}]: {pair} is listed twice")
         mask[i, j] = True
     return mask

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -276,6 +276,15 @@ class ModelAdapter:
         replacement or None) at this adapter's hook names: logits [batch, pos, d_vocab] on
         ``device`` (a model split by device_map may return them from its last device)."""
         return self.bridge.run_with_hooks(tokens, fwd_hooks=list(hooks)).to(self.device)
+
+    def frozen_norms(self) -> AbstractContextManager[list[tuple[str, Callable]]]:
+        """Context: every LayerNorm / RMSNorm keeps its forward but has its statistics (mean,
+        1/sqrt(var + eps)) constant in the backward pass (acd.models.norms). Yields hooks to
+        append after the run's own to ``run_with_hooks``'s list. A model without norms (the
+        compiled ones) is refused (ModelError, one line)."""
+        from acd.models.norms import frozen_norms
+
+        return frozen_norms(self)
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """A plain forward without gradients: logits [batch, pos, d_vocab] on ``device``."""

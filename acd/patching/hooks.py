@@ -81,7 +81,12 @@ class HookedRun:
     [batch, n_src, n_dst] and ``patch_sources`` [batch, pos, n_src, d_model] turn on patching;
     ``record`` fills ``sources`` [batch, pos, n_src, d_model] (detached); ``capture_grads``
     makes every destination input ``x + zero`` with a fresh leaf ``zero`` whose gradient is
-    dM/d(in_v); ``embed_override`` [batch, pos, d_model] replaces the input node's output.
+    dM/d(in_v); ``embed_override`` [batch, pos, d_model] replaces the input node's output;
+    ``source_override`` (first, values [batch, pos, width, d_model]) replaces the outputs of
+    sources first .. first + width - 1 (any contiguous range: one head, a layer's heads, every
+    source), each written where its hook fires, so later sources are computed from it;
+    ``frozen_norms`` holds every norm's statistics constant in the backward pass, the forward
+    unchanged (``ModelAdapter.frozen_norms``, acd.models.norms).
     """
 
     def __init__(
@@ -95,11 +100,18 @@ class HookedRun:
         record: bool = False,
         capture_grads: bool = False,
         embed_override: torch.Tensor | None = None,
+        source_override: tuple[int, torch.Tensor] | None = None,
+        frozen_norms: bool = False,
     ):
         self.model, self.graph, self.tokens = model, graph, tokens
         batch, pos = tokens.shape
         self.shape = (batch, pos, graph.n_src, model.spec.d_model)
-        self.embed_override = embed_override
+        if embed_override is not None:
+            if source_override is not None:
+                raise ValueError("give embed_override or source_override, not both")
+            source_override = (0, embed_override.unsqueeze(2))  # the input node is source 0
+        self.override = source_override
+        self.frozen_norms = frozen_norms
         self.sources = torch.empty(self.shape, **like(model)) if record else None
         self.capture_grads = capture_grads
         self.grad_leaves: list[torch.Tensor] = []
@@ -152,11 +164,11 @@ class HookedRun:
 
     def source_hook(self, slot: HookSlot) -> Callable:
         def hook(x: torch.Tensor, hook) -> torch.Tensor | None:
-            override = self.embed_override if slot.start == 0 else None
-            replaced = override is not None
-            if override is not None:
-                x = override.to(x.device, x.dtype)
             z = x if slot.per_head else x.unsqueeze(2)  # [batch, pos, width, d_model]
+            replaced = self.override is not None and self._overrides(slot)
+            if replaced:
+                z = self._overridden(slot, z)
+                x = z if slot.per_head else z.squeeze(2)
             if self.sources is not None:
                 self.sources[:, :, slot.start : slot.stop] = z.detach()
             if self.mask is not None:
@@ -181,6 +193,30 @@ class HookedRun:
             return x if changed else None
 
         return hook
+
+    # --- overrides -----------------------------------------------------------------------
+
+    def _override_range(self, slot: HookSlot) -> tuple[int, int]:
+        """The overridden sources [lo, hi) within ``slot`` (lo >= hi: none)."""
+        assert self.override is not None  # asked only in runs with an override
+        first, values = self.override
+        return max(slot.start, first), min(slot.stop, first + values.shape[2])
+
+    def _overrides(self, slot: HookSlot) -> bool:
+        lo, hi = self._override_range(slot)
+        return lo < hi
+
+    def _overridden(self, slot: HookSlot, z: torch.Tensor) -> torch.Tensor:
+        """``z`` [batch, pos, width, d_model] with the slot's overridden sources replaced."""
+        assert self.override is not None  # asked only in runs with an override
+        first, values = self.override
+        lo, hi = self._override_range(slot)
+        new = values[:, :, lo - first : hi - first].to(z.device, z.dtype)
+        if (lo, hi) == (slot.start, slot.stop):
+            return new
+        # Part of a layer's heads: the others keep their computed outputs.
+        before, after = z[:, :, : lo - slot.start], z[:, :, hi - slot.start :]
+        return torch.cat([before, new, after], dim=2)
 
     # --- patching ------------------------------------------------------------------------
 
@@ -280,7 +316,12 @@ class HookedRun:
     def run(self) -> torch.Tensor:
         """The logits [batch, pos, d_vocab], on ``model.device`` (a model split by device_map
         may return them from its last device; metrics index them with the batch's tensors)."""
-        return self.model.run_with_hooks(self.tokens, self.fwd_hooks())
+        if not self.frozen_norms:
+            return self.model.run_with_hooks(self.tokens, self.fwd_hooks())
+        with self.model.frozen_norms() as norm_hooks:
+            # After the run's own hooks: what a norm's hook_in keeps must include their changes
+            # (the logits' gradient leaf is added at ln_final.hook_in).
+            return self.model.run_with_hooks(self.tokens, self.fwd_hooks() + norm_hooks)
 
 
 def like(model: ModelAdapter) -> dict:

@@ -117,6 +117,8 @@ def run_with_gradients(
     metric_fn: Callable[[torch.Tensor], torch.Tensor],
     *,
     embed_override: torch.Tensor | None = None,
+    source_override: tuple[int, torch.Tensor] | None = None,
+    frozen_norms: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward and one backward: the gradient of the summed metric at every destination.
 
@@ -130,16 +132,34 @@ def run_with_gradients(
         metric_fn: logits [batch, pos, d_vocab] -> [batch] per-prompt metric (differentiable).
         embed_override: [batch, pos, d_model] replaces the input node's output (the residual
             entering block 0); EAP-IG passes embeddings interpolated between corrupted and clean.
+        source_override: (first, values [batch, pos, width, d_model]): sources first ..
+            first + width - 1 output ``values`` instead of what they compute (EAP-IG-activations
+            passes one layer's interpolated outputs); later sources are computed from them.
+            Constants: no gradient flows through an overridden source to what feeds it, which
+            leaves dM/d(in_v) of every destination after it unchanged.
+        frozen_norms: take the gradient with every LayerNorm / RMSNorm's statistics (mean,
+            1/sqrt(var + eps), per position) held constant, the forward unchanged (GIM's
+            frozen-norm rule; acd.models.norms). A model without norms is refused.
 
     Returns: metric [batch] (detached), sources [batch, pos, n_src, d_model] (this run's source
-    outputs, detached; the input node is ``embed_override`` when given), grads
+    outputs, detached; overridden sources hold their override), grads
     [batch, pos, n_dst, d_model] in destination index order.
     """
     tokens = tokens.to(model.device)
     if embed_override is not None:
         embed_override = embed_override.to(model.device).detach()
+    if source_override is not None:
+        first, values = source_override
+        source_override = (first, values.to(model.device).detach())
     run = HookedRun(
-        model, graph, tokens, record=True, capture_grads=True, embed_override=embed_override
+        model,
+        graph,
+        tokens,
+        record=True,
+        capture_grads=True,
+        embed_override=embed_override,
+        source_override=source_override,
+        frozen_norms=frozen_norms,
     )
     with torch.enable_grad():
         logits = run.run()
