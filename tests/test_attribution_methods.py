@@ -234,6 +234,7 @@ def test_the_new_methods_run_on_every_tiny_model_shape(kind, method, tiny_models
     assert (scores[~graph.valid] == 0).all()
 
 
+@pytest.mark.slow  # a whole discover of 100 prompts (37 gradient passes per chunk)
 def test_acd_discover_runs_eap_ig_activations(cached_toy, tmp_path):
     from acd.cli import main
 

@@ -85,6 +85,7 @@ def test_check_model_prints_every_figure_and_exits_1_on_a_missed_target():
         (["check-model", "toy", "--seed", "1000000"], "used for training"),
     ],
 )
+@pytest.mark.slow  # a subprocess per case
 def test_user_mistakes_give_one_line_and_a_nonzero_exit(args, message):
     result = run_cli(*args)
     assert result.returncode != 0
@@ -93,12 +94,14 @@ def test_user_mistakes_give_one_line_and_a_nonzero_exit(args, message):
     assert len(lines) == 1 and lines[0].startswith("acd: error:") and message in lines[0], lines
 
 
+@pytest.mark.slow  # a subprocess
 def test_bad_arguments_are_rejected_by_the_parser():
     result = run_cli("check-model", "--prompts", "0")
     assert result.returncode == 2 and "must be at least 1" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a subprocess per command
 def test_help_has_an_example_for_each_command():
     for command in ["models", "tasks", "check-model"]:
         result = run_cli(command, "--help")

@@ -222,6 +222,7 @@ def test_curve_writes_the_chart_and_areas(tmp_path):
         (["render", "notjson.json"], "not valid JSON"),
     ],
 )
+@pytest.mark.slow  # a subprocess per case (tests/test_cli_mistakes.py checks them in-process)
 def test_user_mistakes_give_one_line(args, message, tmp_path):
     (tmp_path / "notjson.json").write_text("this is not json")
     _write_circuit(tmp_path / "small.json", n_layers=1)

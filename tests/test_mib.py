@@ -132,7 +132,7 @@ def test_importances_round_trip(tmp_path):
     assert_same_circuit(back.importances, circuit)
 
 
-@pytest.mark.parametrize("absolute", [True, False])
+@pytest.mark.parametrize("absolute", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_nine_circuits_round_trip(tmp_path, absolute):
     circuit = gpt2_circuit(seed=1)
     folder = write_mib(circuit, tmp_path, kind="circuits", absolute=absolute)

@@ -19,6 +19,7 @@ def test_readme_has_the_networkx_example():
     assert any("to_networkx" in block for block in python_blocks())
 
 
+@pytest.mark.slow  # the README's examples end to end (100-prompt discoveries with trust reports)
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_readme_python_block_runs(index, monkeypatch, tmp_path, capsys):
     block = python_blocks()[index]
