@@ -49,24 +49,23 @@ def source_hooks(model: ModelAdapter, graph: ComputeGraph) -> list[HookSlot]:
 
 
 def destination_hooks(model: ModelAdapter, graph: ComputeGraph) -> list[HookSlot]:
-    """The hooks where every destination reads, in index (and forward) order."""
+    """The hooks where every destination reads, in index (and forward) order; each slot's
+    ``n_before`` is the graph's (``graph.dst_n_before``: the sources computed before it)."""
     H, G = graph.n_heads, graph.n_kv_heads
+    n_before = graph.dst_n_before.tolist()
     slots = []
     for layer in range(graph.n_layers):
-        before_layer = graph.src_layer_slice(layer).start  # input and all earlier layers
         for hook, first, width in (
             (model.hook_q_input(layer), graph.dst_q(layer, 0), H),
             (model.hook_k_input(layer), graph.dst_k(layer, 0), G),
             (model.hook_v_input(layer), graph.dst_v(layer, 0), G),
         ):
-            slots.append(HookSlot(hook, first, first + width, per_head=True, n_before=before_layer))
+            slots.append(HookSlot(hook, first, first + width, True, n_before[first]))
         if graph.shape.has_mlp:
-            # A sequential block's MLP also reads its own layer's heads; a parallel one does not.
-            n_before = before_layer + (0 if graph.shape.parallel_attn_mlp else H)
             j = graph.dst_mlp(layer)
-            slots.append(HookSlot(model.hook_mlp_in(layer), j, j + 1, False, n_before))
+            slots.append(HookSlot(model.hook_mlp_in(layer), j, j + 1, False, n_before[j]))
     j = graph.dst_logits()
-    slots.append(HookSlot(model.hook_final_resid(), j, j + 1, False, graph.n_src))
+    slots.append(HookSlot(model.hook_final_resid(), j, j + 1, False, n_before[j]))
     return slots
 
 
