@@ -154,7 +154,7 @@ def acdc(
     Returns: AcdcResult.
     """
     start = time.perf_counter()
-    tau = _check_arguments(tau, rows_per_forward)
+    tau = check_search_arguments(tau, rows_per_forward)
     if runner is None:
         runner = PromptRunner(
             model,
@@ -208,16 +208,19 @@ def acdc(
     )
 
 
-def _check_arguments(tau: float | None, rows_per_forward: int) -> float:
+def check_search_arguments(tau: float | None, rows_per_forward: int, name: str = "ACDC") -> float:
     """Refuse the search's own unusable arguments before any forward (the runner checks the
-    metric, ablation, batch size and prompts); returns tau as a float."""
+    metric, ablation, batch size and prompts); returns tau as a float. ``acdc`` and the
+    ``ACDC``/``Hybrid`` method objects (acd.methods) both check through here."""
     if tau is None:
-        raise AcdcError("ACDC needs a threshold: give tau= (>= 0, e.g. 0.01 for KL)")
+        raise AcdcError(f"{name} needs tau= (the removal threshold, >= 0, e.g. 0.01 for KL)")
     tau = float(tau)
     if math.isnan(tau) or tau < 0:
-        raise AcdcError(f"tau must be a number >= 0, got {tau}")
+        raise AcdcError(f"tau must be >= 0, got {tau}")
+    if isinstance(rows_per_forward, bool) or not isinstance(rows_per_forward, int):
+        raise AcdcError(f"rows_per_forward must be an integer >= 1, got {rows_per_forward!r}")
     if rows_per_forward < 1:
-        raise AcdcError(f"rows_per_forward must be at least 1, got {rows_per_forward}")
+        raise AcdcError(f"rows_per_forward must be an integer >= 1, got {rows_per_forward}")
     return tau
 
 

@@ -38,10 +38,8 @@ from acd.methods import (
     checked_selection,
     default_edges,
 )
-from acd.metrics import METRICS
 from acd.models import ModelAdapter, load_model, weights_sha256
-from acd.patching import ABLATIONS
-from acd.runner import PromptRunner
+from acd.runner import PromptRunner, check_run_options
 from acd.search import prune_dangling
 from acd.tasks import PromptBatch, Task, load_task
 from acd.trust import (
@@ -90,18 +88,11 @@ class RunConfig:
     resamples: int | None = None
 
     def __post_init__(self) -> None:
-        if self.ablation not in ABLATIONS:
-            known = ", ".join(ABLATIONS)
-            raise AcdError(f"unknown ablation {self.ablation!r}; choose one of {known}")
-        if self.metric is not None and self.metric != "task" and self.metric not in METRICS:
-            known = ", ".join(METRICS)
-            raise AcdError(f"unknown metric {self.metric!r}; choose one of {known}")
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
         ):
             raise AcdError(f"batch_size must be an integer, got {self.batch_size!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise AcdError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_run_options(self.metric, self.ablation, self.batch_size, error=AcdError)
         if self.resamples is not None and (
             isinstance(self.resamples, bool)
             or not isinstance(self.resamples, int)

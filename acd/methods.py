@@ -203,11 +203,9 @@ class ACDC:
     summary: ClassVar[str] = "ACDC: greedy edge removal over every edge (needs --tau)"
 
     def __post_init__(self) -> None:
-        if self.tau is None:
-            raise AcdError(f"method {self.name!r} needs tau= (the removal threshold, >= 0)")
-        if not float(self.tau) >= 0:  # also refuses NaN
-            raise AcdError(f"tau must be >= 0, got {self.tau}")
-        _check_int("rows_per_forward", self.rows_per_forward, 1)
+        from acd.acdc import check_search_arguments  # acd.acdc runs the search: imported late
+
+        check_search_arguments(self.tau, self.rows_per_forward, f"method {self.name!r}")
 
     @property
     def memory_kind(self) -> str:

@@ -33,7 +33,7 @@ import torch
 from acd.distributed import all_gather_rows, all_reduce_sum, shard_batch
 from acd.errors import AcdError, TaskError
 from acd.memory import MEMORY_FRACTION, auto_batch_size, free_memory_bytes
-from acd.metrics import KL, Metric, MetricFunction, resolve_metric
+from acd.metrics import KL, METRICS, Metric, MetricFunction, resolve_metric
 from acd.patching import ABLATIONS, mean_sources, patch_values, run_and_collect, run_patched
 
 if TYPE_CHECKING:
@@ -236,6 +236,24 @@ class PromptRunner:
         return needed <= (MEMORY_FRACTION * free if free is not None else 1 << 30)
 
 
+def check_run_options(
+    metric: str | Metric | MetricFunction | None,
+    ablation: str,
+    batch_size: int | None,
+    *,
+    error: type[AcdError] = RunnerError,
+) -> None:
+    """Refuse (``error``, one line) an ablation, a batch size below 1 or an unknown metric
+    name, before any prompt is known (``RunConfig`` checks through here, as every prompt loop
+    does through ``check_run_arguments``)."""
+    if ablation not in ABLATIONS:
+        raise error(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    if batch_size is not None and batch_size < 1:
+        raise error(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(metric, str) and metric != "task" and metric not in METRICS:
+        raise error(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
 def check_run_arguments(
     metric: str | Metric | MetricFunction | None,
     ablation: str,
@@ -246,10 +264,7 @@ def check_run_arguments(
 ) -> Metric:
     """Refuse (``error``, one line) a metric, ablation, batch size or batch no prompt loop can
     use; returns the Metric (``acd.metrics.resolve_metric``)."""
-    if ablation not in ABLATIONS:
-        raise error(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
-    if batch_size is not None and batch_size < 1:
-        raise error(f"batch_size must be at least 1, got {batch_size}")
+    check_run_options(None, ablation, batch_size, error=error)
     if len(batch) == 0:
         raise error("the batch holds no prompts")
     try:

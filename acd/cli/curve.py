@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from acd.cli.common import load_command_model, quiet_transformers, table
 from acd.errors import AcdError
@@ -87,24 +88,9 @@ def _method_curve(args, model, graph, batch, method: str, metric: str, main_rank
         n_points = len(CURVE_PERCENTS)
         print(f"{method}: evaluating 2 x {n_points} circuits ...", end="", flush=True)
     evaluated = time.perf_counter()
-    area, _ = cpr(
-        model,
-        graph,
-        batch,
-        scores,
-        metric=metric,
-        ablation=args.ablation,
-        batch_size=args.batch_size,
-    )
-    distance, curve = cmd(
-        model,
-        graph,
-        batch,
-        scores,
-        metric=metric,
-        ablation=args.ablation,
-        batch_size=args.batch_size,
-    )
+    same: dict[str, Any] = dict(metric=metric, ablation=args.ablation, batch_size=args.batch_size)
+    area, _ = cpr(model, graph, batch, scores, **same)
+    distance, curve = cmd(model, graph, batch, scores, **same)
     if main_rank:
         print(f" {time.perf_counter() - evaluated:.1f} s")
     return area, distance, curve
