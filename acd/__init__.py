@@ -22,7 +22,18 @@ from acd.errors import AcdError, TaskError
 from acd.evaluate import CircuitEvaluation, evaluate_circuit
 from acd.export import load_circuit, read_eapig_json, write_eapig_json
 from acd.graph import ComputeGraph
-from acd.methods import ACDC, EAP, EAPIG, Exact, Greedy, Hybrid, Threshold, TopN
+from acd.methods import (
+    ACDC,
+    EAP,
+    EAPIG,
+    CleanCorrupted,
+    EAPIGActivations,
+    Exact,
+    Greedy,
+    Hybrid,
+    Threshold,
+    TopN,
+)
 from acd.models import ModelAdapter, list_models, load_model
 from acd.tasks import PromptBatch, PromptPair, Task, list_tasks, load_task
 
@@ -32,6 +43,8 @@ __all__ = [
     "ACDC",
     "EAP",
     "EAPIG",
+    "EAPIGActivations",
+    "CleanCorrupted",
     "Exact",
     "Greedy",
     "Hybrid",

@@ -242,7 +242,19 @@ def node_scores(
         return score_with(
             runner, method, ig_steps=ig_steps, progress=progress, frozen_norms=frozen_norms
         ).sum(dim=1)
-    variants = _node_variants(graph)
+    return exact_node_scores(runner, progress=progress, variants_per_forward=variants_per_forward)
+
+
+def exact_node_scores(
+    runner: PromptRunner,
+    *,
+    progress: bool = True,
+    variants_per_forward: int = VARIANTS_PER_FORWARD,
+) -> torch.Tensor:
+    """``node_scores(method="exact")`` on the runner's prompts, metric and ablation: one
+    patched forward per source node and prompt (batched), each starting at the node's first
+    destination layer. Returns [n_src] on the CPU."""
+    variants = _node_variants(runner.graph)
     effects = _exact_effects(runner, variants, variants_per_forward, progress and is_main())
     return runner.sum(effects) / runner.n_total
 

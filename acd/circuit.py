@@ -71,7 +71,13 @@ class Circuit:
             sign convention is the scoring method's (see acd.attribution).
         task, model, method: names; ``params`` the selection and scoring arguments; ``seed``.
         metrics: measured on the prompts used (faithfulness mean and spread, metric values).
-        node_scores: optional per-source-node scores, by node name.
+        node_scores: optional per-source-node scores, by node name (every source node's, for
+            a node-level circuit).
+        node_roles: optional role scores per head (``acd.roles``): head name -> {role name:
+            score in [0, 1]}, e.g. ``{"a1.h2": {"previous_token": 0.93, "induction": 0.02}}``;
+            ``acd.roles.role_badges`` turns one head's scores into its short labels.
+        level: ``edge`` (the circuit keeps edges) or ``node`` (it keeps source nodes and is
+            every edge between them: ``acd.nodes``).
         model_sha256: sha256 of the model's weights (``acd.models.weights_sha256``), "" if unknown.
         versions: Python and package versions when the circuit was made (``package_versions``).
         created: when the circuit was made, UTC ISO-8601 (``utc_now``).
@@ -95,6 +101,8 @@ class Circuit:
     seed: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     node_scores: dict[str, float] = field(default_factory=dict)
+    level: str = "edge"
+    node_roles: dict[str, dict[str, float]] = field(default_factory=dict)
     model_sha256: str = ""
     versions: dict[str, str] = field(default_factory=package_versions)
     created: str = field(default_factory=utc_now)
@@ -109,6 +117,8 @@ class Circuit:
                 f"mask {tuple(self.mask.shape)} and scores {tuple(self.scores.shape)} must both "
                 f"have the graph's shape {shape}"
             )
+        if self.level not in ("edge", "node"):
+            raise ValueError(f"level must be 'edge' or 'node', got {self.level!r}")
         self.mask = self.mask.detach().bool().cpu() & self.graph.valid
         # where, not multiplication: x * 0 leaves -0.0 (and NaN) on invalid entries.
         scores = self.scores.detach().float().cpu()
@@ -174,6 +184,14 @@ class Circuit:
         used[graph.dst_node_ids[self.mask.any(dim=0)]] = True
         return [graph.nodes[i] for i in used.nonzero().flatten().tolist()]
 
+    @property
+    def kept_sources(self) -> list[str]:
+        """The source nodes (input, heads, MLPs) with a kept outgoing edge, in source order:
+        for a node-level circuit, its nodes (``acd.nodes``)."""
+        from acd.nodes import kept_nodes, node_names
+
+        return node_names(kept_nodes(self.mask, self.graph), self.graph)
+
     def save(
         self, out_dir: str | Path, *, formats: tuple[str, ...] = ("svg",), max_edges: int = 300
     ) -> SavedFiles:
@@ -202,7 +220,10 @@ class Circuit:
     def __repr__(self) -> str:
         f = self.metrics.get("faithfulness")
         faith = f" faithfulness={f:.3f}" if isinstance(f, float) else ""
+        nodes = (
+            f"nodes={len(self.kept_sources)}/{self.graph.n_src} " if self.level == "node" else ""
+        )
         return (
             f"Circuit(task={self.task!r}, model={self.model!r}, method={self.method!r}, "
-            f"edges={self.n_edges}/{self.graph.n_edges}{faith})"
+            f"{nodes}edges={self.n_edges}/{self.graph.n_edges}{faith})"
         )

@@ -65,6 +65,18 @@ def compare(graph: ComputeGraph, candidate: torch.Tensor, reference: torch.Tenso
     return Comparison(int(ref.sum()), n_cand, *edge, edge_auc, *node, node_auc)
 
 
+def source_node_auc(
+    graph: ComputeGraph, node_scores: torch.Tensor, reference: torch.Tensor
+) -> float | None:
+    """ROC AUC of |node_scores| [n_src] (a node-level circuit's scores, acd.nodes) against the
+    source nodes of the ``reference`` circuit [n_src, n_dst] bool (those with a reference
+    edge out), over every source node; ties count one half, None without both classes."""
+    if tuple(node_scores.shape) != (graph.n_src,):
+        raise ValueError(f"node scores must have shape ({graph.n_src},)")
+    truth = (reference.detach().bool().cpu() & graph.valid).any(dim=1)
+    return _roc_auc(node_scores.detach().double().cpu().abs(), truth)
+
+
 def _node_mask(graph: ComputeGraph, edges: torch.Tensor) -> torch.Tensor:
     """[n_nodes] bool: the nodes an edge of ``edges`` [n_src, n_dst] starts or ends at (the
     node a port is named after: a GQA k/v port's kv group)."""

@@ -54,6 +54,7 @@ import torch
 from acd.atomic import atomic_paths
 from acd.errors import AcdError
 from acd.evaluate import CircuitEvaluation, evaluate_circuits
+from acd.nodes import induced_edges
 from acd.search import select_topn
 
 if TYPE_CHECKING:
@@ -76,7 +77,9 @@ class FaithfulnessCurve:
     ``faithfulness[i]`` the ratio of means over prompts; ``faithfulness_p05`` /
     ``faithfulness_p95`` the 5th and 95th percentiles of the per-prompt faithfulness (NaN when
     every prompt is degenerate, see ``acd.evaluate``). ``absolute`` says whether edges were
-    ranked by |score| (CMD's choice) or by signed score (CPR's).
+    ranked by |score| (CMD's choice) or by signed score (CPR's). ``level`` is ``node`` for a
+    node-level curve (``n_edges`` then counts kept *nodes*, each point the circuit of every edge
+    between them: ``acd.nodes``).
     """
 
     percents: tuple[float, ...]
@@ -89,6 +92,7 @@ class FaithfulnessCurve:
     ablation: str
     n_prompts: int
     evaluations: list[CircuitEvaluation] = field(repr=False, default_factory=list)
+    level: str = "edge"
 
     @property
     def fractions(self) -> tuple[float, ...]:
@@ -110,6 +114,7 @@ class FaithfulnessCurve:
             "ablation": self.ablation,
             "absolute": self.absolute,
             "n_prompts": self.n_prompts,
+            "level": self.level,
             "percents": list(self.percents),
             "n_edges": list(self.n_edges),
             "faithfulness": list(self.faithfulness),
@@ -172,20 +177,37 @@ def faithfulness_curve(
     ``evaluate_circuits`` call, sharing its full-model and empty-circuit runs (so 100 % has
     f = 1 and 0 % has f = 0 exactly).
 
+    Node-level curve: given node scores [n_src] (``acd.attribution.node_scores``), each point
+    keeps the top floor(p / 100 * n_src) source nodes instead and evaluates every edge between
+    them (``acd.nodes.induced_edges``: each removed node patched on all its outgoing edges).
+
     Args:
-        scores: [n_src, n_dst] edge scores (``acd.attribute``).
-        absolute: rank edges by |score| (True) or by signed score (False).
-        percents: strictly increasing percentages of the valid edges, in [0, 100].
+        scores: [n_src, n_dst] edge scores (``acd.attribute``), or [n_src] node scores.
+        absolute: rank edges (nodes) by |score| (True) or by signed score (False).
+        percents: strictly increasing percentages of the valid edges (nodes), in [0, 100].
         metric, ablation, batch_size: as for ``acd.evaluate.evaluate_circuit``.
     """
-    if tuple(scores.shape) != (graph.n_src, graph.n_dst):
+    by_node = tuple(scores.shape) == (graph.n_src,)
+    if not by_node and tuple(scores.shape) != (graph.n_src, graph.n_dst):
         raise AcdError(
-            f"scores have shape {tuple(scores.shape)}; expected ({graph.n_src}, {graph.n_dst})"
+            f"scores have shape {tuple(scores.shape)}; expected ({graph.n_src}, {graph.n_dst}) "
+            f"edge scores or ({graph.n_src},) node scores"
         )
     percents = tuple(float(p) for p in percents)
-    counts = edge_counts(percents, graph.n_edges)
-    valid = graph.valid
-    masks = torch.stack([select_topn(scores, valid, n, absolute=absolute) for n in counts])
+    if by_node:
+        counts = edge_counts(percents, graph.n_src)
+        every = torch.ones(graph.n_src, 1, dtype=torch.bool)
+        column = scores.reshape(-1, 1)
+        masks = torch.stack(
+            [
+                induced_edges(select_topn(column, every, n, absolute=absolute)[:, 0], graph)
+                for n in counts
+            ]
+        )
+    else:
+        counts = edge_counts(percents, graph.n_edges)
+        valid = graph.valid
+        masks = torch.stack([select_topn(scores, valid, n, absolute=absolute) for n in counts])
     evaluations = evaluate_circuits(
         model, graph, batch, masks, metric=metric, ablation=ablation, batch_size=batch_size
     )
@@ -200,6 +222,7 @@ def faithfulness_curve(
         ablation=ablation,
         n_prompts=evaluations[0].n_prompts,
         evaluations=evaluations,
+        level="node" if by_node else "edge",
     )
 
 
@@ -343,10 +366,11 @@ def plot_faithfulness(
             if p == 100 and i < len(c.n_edges)
         }
     )
+    unit = "nodes" if all(c.level == "node" for c in curves.values()) else "edges"
     if totals:
-        xlabel = f"edges kept (of {', '.join(f'{t:,}' for t in totals)})"
+        xlabel = f"{unit} kept (of {', '.join(f'{t:,}' for t in totals)})"
     else:
-        xlabel = "edges kept (count)"
+        xlabel = f"{unit} kept (count)"
 
     stem = Path(out)
     targets = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]

@@ -34,6 +34,15 @@ stays legible on a GPT-2-small-sized graph) only the ``max_edges`` edges of larg
 drawn, with the nodes they touch, and the title says so ("showing 300 of 1,234 edges, the
 largest |score|"); ties are broken by edge index, so the choice is deterministic.
 
+Node-level circuits (``circuit.level == "node"``, acd.nodes): the kept nodes carry their node
+score under their name, the title counts nodes ("5 of 21 nodes kept"), and the edges are every
+edge between kept nodes; where the method gave no edge scores (exact node patching) they are
+drawn thin and grey, and the legend says that they are the induced edges.
+
+Stability (the trust report's ``circuit.edge_inclusion``, acd.trust): an edge kept by fewer
+than half of the prompt resamples' circuits is dashed, and every edge's tooltip gives its
+inclusion share; the legend explains the dashes when one is drawn.
+
 The DOT text is deterministic: the same circuit gives the same bytes.
 """
 
@@ -98,6 +107,11 @@ class _Edge:
     src: int  # source index
     dst: int  # destination index
     score: float
+    inclusion: float | None = None  # share of the trust report's resamples keeping it
+
+
+# An edge kept by fewer than this share of the prompt resamples' circuits is drawn dashed.
+UNSTABLE_INCLUSION = 0.5
 
 
 # --- DOT source ------------------------------------------------------------------------------
@@ -122,6 +136,8 @@ def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
     used_ports = {(ports[e.dst].node, ports[e.dst].kind) for e in drawn}
     nodes = _touched_nodes(graph, drawn)
     largest = max((_magnitude(e.score) for e in drawn), default=0.0)
+    node_scores = circuit.node_scores if circuit.level == "node" else {}
+    dashed = any(_unstable(e) for e in drawn)
 
     lines = [
         "digraph circuit {",
@@ -144,6 +160,7 @@ def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
             n_drawn=len(drawn),
             largest=largest,
             show_zero=any(_sign_colour(e.score) == ZERO_COLOUR for e in drawn),
+            show_dashed=dashed,
         )
         + "];",
         "  node [" + _attrs(fontname=_FONT, fontsize="11") + "];",
@@ -154,7 +171,8 @@ def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
     for row_name, members in rows:
         lines.append("  { rank=same; " + " ".join(_id(n) for n in [row_name, *members]) + "; }")
     for name in nodes:
-        lines.append(f"  {_id(name)} [{_node_attrs(graph, name, used_ports)}];")
+        score = node_scores.get(name)
+        lines.append(f"  {_id(name)} [{_node_attrs(graph, name, used_ports, score)}];")
     for edge in sorted(drawn, key=lambda e: (_magnitude(e.score), e.src, e.dst)):
         lines.append("  " + _edge_statement(graph, edge, largest))
     lines.append("}")
@@ -165,7 +183,19 @@ def _kept_edges(circuit: Circuit) -> list[_Edge]:
     """Kept edges in index (row-major) order with their scores."""
     pairs = circuit.mask.nonzero().tolist()
     scores = circuit.scores[circuit.mask].tolist()  # same row-major order as nonzero()
-    return [_Edge(i, j, float(s)) for (i, j), s in zip(pairs, scores)]
+    inclusion = (
+        circuit.edge_inclusion[circuit.mask].tolist()
+        if circuit.edge_inclusion is not None
+        else [None] * len(pairs)
+    )
+    return [
+        _Edge(i, j, float(s), None if f is None else float(f))
+        for (i, j), s, f in zip(pairs, scores, inclusion)
+    ]
+
+
+def _unstable(edge: _Edge) -> bool:
+    return edge.inclusion is not None and edge.inclusion < UNSTABLE_INCLUSION
 
 
 def _largest_edges(edges: list[_Edge], limit: int) -> list[_Edge]:
@@ -246,15 +276,22 @@ def _axis_statements(rows: list[tuple[str, list[str]]]) -> list[str]:
     return lines
 
 
-def _node_attrs(graph: ComputeGraph, name: str, used_ports: set[tuple[str, str]]) -> str:
-    """DOT attributes of one node: shape, fill and label by kind."""
+def _node_attrs(
+    graph: ComputeGraph,
+    name: str,
+    used_ports: set[tuple[str, str]],
+    score: float | None = None,
+) -> str:
+    """DOT attributes of one node: shape, fill and label by kind; a node-level circuit's node
+    shows its ``score`` under its name."""
     node = graph.node(name)
+    label = name if score is None else f"{name} {score:+.3g}"
     if node.kind in ("input", "logits"):
         return _attrs(
-            shape="ellipse", style="filled", fillcolor=_END_FILL, label=name, fontsize="12"
+            shape="ellipse", style="filled", fillcolor=_END_FILL, label=label, fontsize="12"
         )
     if node.kind == "mlp":
-        return _attrs(shape="box", style="rounded,filled", fillcolor=_MLP_FILL, label=name)
+        return _attrs(shape="box", style="rounded,filled", fillcolor=_MLP_FILL, label=label)
     grouped = graph.n_kv_heads != graph.n_heads
     if node.kind == "kv_group":  # a GQA key/value group, a{l}.g{g}
         first, last = node.heads[0], node.heads[-1]
@@ -264,7 +301,8 @@ def _node_attrs(graph: ComputeGraph, name: str, used_ports: set[tuple[str, str]]
             name, title, ("k", "v"), used_ports, _GROUP_FILL
         )
     cells = ("q",) if grouped else ("q", "k", "v")
-    return "shape=none, margin=0, label=" + _port_table(name, name, cells, used_ports, _HEAD_FILL)
+    title = name if score is None else f"{name} {score:+.3g}"
+    return "shape=none, margin=0, label=" + _port_table(name, title, cells, used_ports, _HEAD_FILL)
 
 
 def _port_table(
@@ -297,10 +335,16 @@ def _edge_statement(graph: ComputeGraph, edge: _Edge, largest: float) -> str:
     head = _edge_head(port)
     width = _pen_width(edge.score, largest)
     tooltip = f"{source.name} → {port.name}: {edge.score:+.4g}"
+    if edge.inclusion is not None:
+        tooltip += f" · kept in {100 * edge.inclusion:.0f} % of the prompt resamples"
+    style = {"style": "dashed"} if _unstable(edge) else {}
     return (
         f"{tail} -> {head} ["
         + _attrs(
-            color=_sign_colour(edge.score) + _EDGE_ALPHA, penwidth=f"{width:.2f}", tooltip=tooltip
+            color=_sign_colour(edge.score) + _EDGE_ALPHA,
+            penwidth=f"{width:.2f}",
+            tooltip=tooltip,
+            **style,
         )
         + "];"
     )
@@ -338,15 +382,22 @@ def _faithfulness_text(metrics: dict) -> str:
 
 
 def _title_label(
-    circuit: Circuit, *, n_kept: int, n_drawn: int, largest: float, show_zero: bool
+    circuit: Circuit,
+    *,
+    n_kept: int,
+    n_drawn: int,
+    largest: float,
+    show_zero: bool,
+    show_dashed: bool = False,
 ) -> str:
     """The graph label: title lines and the legend, as one HTML-like table."""
     graph = circuit.graph
     name = " · ".join(_html(s) for s in (circuit.task, circuit.model, circuit.method))
-    counts = (
-        f"{n_kept:,} of {graph.n_edges:,} edges kept · "
-        f"faithfulness {_faithfulness_text(circuit.metrics)}"
-    )
+    size = f"{n_kept:,} of {graph.n_edges:,} edges kept"
+    if circuit.level == "node":
+        n_nodes = len(circuit.kept_sources)
+        size = f"{n_nodes:,} of {graph.n_src:,} nodes kept ({n_kept:,} edges between them)"
+    counts = f"{size} · faithfulness {_faithfulness_text(circuit.metrics)}"
     rows = [
         f'<TR><TD><FONT POINT-SIZE="18"><B>{name}</B></FONT></TD></TR>',
         f'<TR><TD><FONT POINT-SIZE="13">{counts}</FONT></TD></TR>',
@@ -358,10 +409,23 @@ def _title_label(
         )
     if n_kept == 0:
         rows.append('<TR><TD><FONT POINT-SIZE="13">no edges kept</FONT></TD></TR>')
-    trust = trust_line(circuit.metrics)
+    trust = trust_line(circuit.metrics, unit="nodes" if circuit.level == "node" else "edges")
     if trust is not None:
         rows.append(f'<TR><TD><FONT POINT-SIZE="11">{_html(trust)}</FONT></TD></TR>')
     rows.append(f"<TR><TD>{_legend(graph, largest, show_zero=show_zero)}</TD></TR>")
+    notes = []
+    if circuit.level == "node":
+        notes.append(
+            "node level: each kept node shows its score (the effect of patching all its "
+            "outputs); the edges are every edge between kept nodes"
+            + ("" if bool(circuit.scores.any()) else " (measured per node: no edge scores)")
+        )
+    if show_dashed:
+        notes.append(
+            f"dashed: kept in under {100 * UNSTABLE_INCLUSION:.0f} % of the prompt resamples"
+        )
+    for note in notes:
+        rows.append(f'<TR><TD><FONT POINT-SIZE="11">{_html(note)}</FONT></TD></TR>')
     return '<<TABLE BORDER="0" CELLSPACING="2" CELLPADDING="1">' + "".join(rows) + "</TABLE>>"
 
 

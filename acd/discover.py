@@ -39,6 +39,12 @@ from acd.methods import (
     default_edges,
 )
 from acd.models import ModelAdapter, load_model, weights_sha256
+from acd.nodes import (
+    check_level,
+    induced_edges,
+    kept_nodes,
+    node_scores_by_name,
+)
 from acd.runner import PromptRunner, check_run_options
 from acd.search import prune_dangling
 from acd.tasks import PromptBatch, Task, load_task
@@ -48,6 +54,7 @@ from acd.trust import (
     RESAMPLES,
     TrustReport,
     fidelity,
+    node_fidelity,
     resample_indices,
     stability,
 )
@@ -110,6 +117,7 @@ def discover(
     prune: bool = True,
     prompts: int | None = None,
     seed: int = 0,
+    level: str = "edge",
     run: RunConfig | None = None,
 ) -> Circuit:
     """Find the circuit of ``task`` in ``model``: score every edge, select, prune, evaluate.
@@ -137,6 +145,14 @@ def discover(
             are split first (``acd.heldout``): one in four is held out for ``acd evaluate``
             and discovery draws from the others; a file of fewer than 20 rows is used whole
             and the circuit says it is in-sample (``prompt_split``).
+        level: ``edge`` (default) keeps edges; ``node`` keeps whole source nodes (input,
+            heads, MLPs; acd.nodes): a scoring method scores each node (patched on all its
+            outgoing edges; a gradient method sums its edge scores, exact measures the node
+            patch), ``select`` keeps nodes (``TopN(n)`` counts nodes, default
+            ``acd.nodes.default_nodes``; ``Threshold(t)`` compares node scores; greedy is
+            refused) and the circuit is every edge between kept nodes (``induced_edges``),
+            evaluated with every edge out of a removed node patched. The searches are
+            edge-level only.
         run: RunConfig (metric, ablation, batch_size, device, dtype, progress, force).
 
     Before scoring (for ``eap`` and ``eap-ig``, whose scoring runs are the same clean and
@@ -162,6 +178,12 @@ def discover(
     searching = isinstance(method, ACDC)
     if searching and select is not None:
         raise AcdError(f"method {method.name!r} decides the circuit itself: give no select=")
+    by_node = check_level(level) == "node"
+    if by_node and searching:
+        raise AcdError(
+            f"method {method.name!r} searches over edges; at level 'node' choose a scoring "
+            "method (eap, eap-ig, eap-ig-activations, clean-corrupted, exact)"
+        )
     selection = None if searching else checked_selection(select)
     start = time.perf_counter()
     # The task first: reading it is cheap, and a mistake in it should not wait for the model.
@@ -176,8 +198,8 @@ def discover(
     if not isinstance(model, ModelAdapter):
         model = load_model(model, device=run.device, dtype=run.dtype)
     graph = ComputeGraph.from_model(model)
-    if selection is not None:
-        selection = selection.sized(graph)  # before the expensive scoring, not after
+    if selection is not None:  # sized before the expensive scoring, not after
+        selection = selection.sized_nodes(graph) if by_node else selection.sized(graph)
     if isinstance(method, Hybrid):
         method.check_graph(graph)
     batch = drawn_from.make_batch(model.tokenizer, prompts, seed).to(model.device)
@@ -199,17 +221,30 @@ def discover(
         _sanity_gate(runner, task.name, run.force)
 
     params: dict[str, Any] = {"prompts": prompts}
+    node_scores: torch.Tensor | None = None
     if searching:
         result = method.search(runner, batch, progress=run.progress)
         scores, selected = result.scores, result.mask
         params.update(result.params)
     else:
         assert selection is not None  # a scoring method always has one (above)
-        scores = method.score(runner, progress=run.progress)
+        if by_node:
+            node_scores, edge_scores = method.score_nodes(runner, progress=run.progress)
+            # exact measures nodes only: its circuit carries node scores, edge scores 0
+            scores = edge_scores if edge_scores is not None else torch.zeros(graph.valid.shape)
+        else:
+            scores = method.score(runner, progress=run.progress)
         if not gate_first:
             _sanity_gate(runner, task.name, run.force)
-        selected = selection.select(scores, graph)
-        params.update(selection.params())
+        if node_scores is not None:
+            selected = induced_edges(selection.select_nodes(node_scores, graph), graph)
+            params["level"] = "node"
+        else:
+            selected = selection.select(scores, graph)
+        chosen = selection.params()
+        if by_node:  # TopN's n counts nodes here
+            chosen["nodes"] = chosen.pop("edges")
+        params.update(chosen)
         params["metric"] = evaluation_metric
         params.update(method.params())
     params.update(
@@ -226,10 +261,15 @@ def discover(
     evaluation = evaluate_with(runner, mask.unsqueeze(0))[0]
     metrics = evaluation.summary()
     metrics["n_selected"] = int(selected.sum())
+    if by_node:
+        metrics["n_selected_nodes"] = int(kept_nodes(selected, graph).sum())
+        metrics["n_nodes"] = int(kept_nodes(mask, graph).sum())
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     inclusion = None
     if run.trust:
-        report = _trust_report(runner, batch, method, selection, prune, scores, selected, mask, run)
+        report = _trust_report(
+            runner, batch, method, selection, prune, scores, selected, mask, run, by_node
+        )
         metrics.update(report.summary())
         inclusion = report.stability.inclusion if report.stability else None
     return Circuit(
@@ -240,6 +280,8 @@ def discover(
         model=model.name,
         method=method.name,
         params=params,
+        level="node" if by_node else "edge",
+        node_scores={} if node_scores is None else node_scores_by_name(node_scores, graph),
         seed=seed,
         metrics=metrics,
         model_sha256=weights_sha256(model),
@@ -259,22 +301,36 @@ def _trust_report(
     selected: torch.Tensor,
     mask: torch.Tensor,
     run: RunConfig,
+    by_node: bool = False,
 ) -> TrustReport:
     """The circuit's trust report (acd.trust): fidelity for a gradient method, and stability
-    over ``run.resamples`` random halves of the prompts (default: for gradient methods)."""
+    over ``run.resamples`` random halves of the prompts (default: for gradient methods).
+
+    At node level both are over nodes: fidelity compares node scores with exact node patching
+    on every source node, and the Jaccard figures compare the resamples' node sets (the edge
+    inclusion is still per induced edge)."""
     start = time.perf_counter()
+    graph = runner.graph
     gradient = isinstance(method, ScoringMethod) and not isinstance(method, Exact)
     found = None
     if isinstance(method, ScoringMethod) and gradient:
         # The method's scores and exact effects, on the same (first few) prompts.
         first = batch.select(list(range(min(len(batch), FIDELITY_PROMPTS))))
         sub = _runner_like(runner, first, method)
-        found = fidelity(sub, method.score(sub, progress=False), selected)
+        if by_node:
+            sub_nodes = method.score_nodes(sub, progress=False)[0]
+            found = node_fidelity(sub, sub_nodes, kept_nodes(selected, graph))
+        else:
+            found = fidelity(sub, method.score(sub, progress=False), selected)
     resamples = run.resamples if run.resamples is not None else (RESAMPLES if gradient else 0)
     masks = []
     for rows in resample_indices(len(batch), resamples, RESAMPLE_FRACTION, seed=1):
-        masks.append(_refound(runner, batch.select(rows), method, selection, prune))
+        masks.append(_refound(runner, batch.select(rows), method, selection, prune, by_node))
     stable = stability(masks, mask, RESAMPLE_FRACTION) if masks else None
+    if stable is not None and by_node:
+        nodes = [kept_nodes(m, graph) for m in masks]
+        by_nodes = stability(nodes, kept_nodes(mask, graph), RESAMPLE_FRACTION)
+        stable = replace(by_nodes, inclusion=stable.inclusion)
     return TrustReport(fidelity=found, stability=stable, seconds=time.perf_counter() - start)
 
 
@@ -284,12 +340,17 @@ def _refound(
     method: Method,
     selection: Selection | None,
     prune: bool,
+    by_node: bool = False,
 ) -> torch.Tensor:
     """The circuit ``method`` (and ``selection``) finds on ``prompts``: [n_src, n_dst] bool."""
     graph = runner.graph
     sub = _runner_like(runner, prompts, method)
     if isinstance(method, ACDC):  # a resample's search must not touch the main checkpoint
         kept = replace(method, checkpoint=None).search(sub, prompts, progress=False).mask
+    elif by_node:
+        assert selection is not None and isinstance(method, ScoringMethod)
+        nodes = selection.select_nodes(method.score_nodes(sub, progress=False)[0], graph)
+        kept = induced_edges(nodes, graph)
     else:
         assert selection is not None
         kept = selection.select(method.score(sub, progress=False), graph)

@@ -66,6 +66,15 @@ class ScoringMethod:
 
         return score_with(runner, self.name, progress=progress, **self._score_options())
 
+    def score_nodes(
+        self, runner: PromptRunner, *, progress: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Node scores [n_src] (acd.nodes) and the edge scores [n_src, n_dst] they come from,
+        or None where the method measures nodes directly (exact). A gradient method's node
+        score is the sum of its edge scores (acd.attribution.node_scores)."""
+        edges = self.score(runner, progress=progress)
+        return edges.sum(dim=1), edges
+
     def _score_options(self) -> dict[str, Any]:
         return {}
 
@@ -173,6 +182,18 @@ class Exact(ScoringMethod):
 
     def _score_options(self) -> dict[str, Any]:
         return {"variants_per_forward": self.variants_per_forward}
+
+    def score_nodes(
+        self, runner: PromptRunner, *, progress: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each source node patched on all its outgoing edges: one run per node and prompt
+        (no edge scores: measuring them would cost one run per edge)."""
+        from acd.attribution import exact_node_scores
+
+        scores = exact_node_scores(
+            runner, progress=progress, variants_per_forward=self.variants_per_forward
+        )
+        return scores, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +357,27 @@ class TopN:
 
         return select_topn(scores, graph.valid, self.size(graph), absolute=self.absolute)
 
+    def sized_nodes(self, graph: ComputeGraph) -> TopN:
+        """This selection over source nodes (``n`` nodes; None: ``acd.nodes.default_nodes``),
+        checked against ``graph``."""
+        from acd.nodes import default_nodes
+
+        n = default_nodes(graph) if self.n is None else self.n
+        if not 0 <= n <= graph.n_src:
+            raise AcdError(
+                f"cannot keep {n} nodes: the graph has {graph.n_src} (choose 0..{graph.n_src})"
+            )
+        return type(self)(n, self.absolute)
+
+    def select_nodes(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
+        """The ``n`` best source nodes: scores [n_src] -> [n_src] bool (ties by index)."""
+        from acd.search import select_topn
+
+        n = self.sized_nodes(graph).n
+        assert n is not None  # sized_nodes fills it in
+        every = torch.ones(graph.n_src, 1, dtype=torch.bool)
+        return select_topn(scores.reshape(-1, 1), every, n, absolute=self.absolute)[:, 0]
+
     def params(self) -> dict[str, Any]:
         return {"edges": self.n, "selection": self.name, "absolute": self.absolute}
 
@@ -351,6 +393,15 @@ class Greedy(TopN):
         from acd.search import select_greedy
 
         return select_greedy(scores, graph, self.size(graph), absolute=self.absolute)
+
+    def sized_nodes(self, graph: ComputeGraph) -> TopN:
+        raise AcdError(
+            "selection 'greedy' grows edges backwards from the logits; at level 'node' "
+            "choose topn or threshold"
+        )
+
+    def select_nodes(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
+        return self.sized_nodes(graph).select_nodes(scores, graph)
 
 
 @dataclass(frozen=True)
@@ -375,6 +426,16 @@ class Threshold:
         from acd.search import select_threshold
 
         return select_threshold(scores, graph.valid, self.t, absolute=self.absolute)
+
+    def sized_nodes(self, graph: ComputeGraph) -> Threshold:
+        return self
+
+    def select_nodes(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
+        """Every source node scoring at least ``t``: scores [n_src] -> [n_src] bool."""
+        from acd.search import select_threshold
+
+        every = torch.ones(graph.n_src, 1, dtype=torch.bool)
+        return select_threshold(scores.reshape(-1, 1), every, self.t, absolute=self.absolute)[:, 0]
 
     def params(self) -> dict[str, Any]:
         return {
@@ -467,9 +528,11 @@ def selection_from_params(params: dict[str, Any]) -> Selection | None:
     name = params.get("selection")
     if name is None:
         return None
+    # a node-level circuit records its TopN size as "nodes" (acd.nodes)
+    size = params.get("edges") if params.get("edges") is not None else params.get("nodes")
     return selection_from_name(
         name,
-        edges=params.get("edges"),
+        edges=size,
         threshold=params.get("threshold"),
         absolute=params.get("absolute"),
     )

@@ -19,19 +19,24 @@ def check_model(name: str, device: str | None) -> dict | None:
     return model_config(name)
 
 
-def check_graph_size(config: dict | None, edges: int | None, candidates: int | None) -> None:
-    """``edges`` (--edges) and ``candidates`` (--candidates) against the graph the model's
-    config implies; nothing to check without a config."""
+def check_graph_size(
+    config: dict | None, edges: int | None, candidates: int | None, nodes: int | None = None
+) -> None:
+    """``edges`` (--edges), ``candidates`` (--candidates) and ``nodes`` (--nodes) against the
+    graph the model's config implies; nothing to check without a config."""
     from acd.graph import ComputeGraph
 
     if config is None:
         return
     try:
-        n_edges = ComputeGraph.from_config(config).n_edges
+        graph = ComputeGraph.from_config(config)
     except (ValueError, TypeError, KeyError):
         return  # an unusual config: discover checks against the loaded model's graph
+    n_edges, n_src = graph.n_edges, graph.n_src
     if edges is not None and edges > n_edges:
         raise AcdError(f"cannot keep {edges} edges: the graph has {n_edges} (choose 0..{n_edges})")
+    if nodes is not None and nodes > n_src:
+        raise AcdError(f"cannot keep {nodes} nodes: the graph has {n_src} (choose 0..{n_src})")
     if candidates is not None and candidates > n_edges:
         raise AcdError(f"--candidates {candidates}: the graph has only {n_edges} edges")
 

@@ -51,7 +51,7 @@ RESAMPLE_FRACTION = 0.5
 class Fidelity:
     """The method's scores against exact patching on ``n_edges`` sampled edges."""
 
-    n_edges: int
+    n_edges: int  # sampled edges (nodes, for a node-level circuit)
     pearson: float
     spearman: float
     sign_agreement: float
@@ -98,16 +98,17 @@ class TrustReport:
         return out
 
 
-def trust_line(metrics: dict) -> str | None:
+def trust_line(metrics: dict, unit: str = "edges") -> str | None:
     """The trust figures of a circuit's ``metrics`` as one line (summary.md, the diagram's
-    title), or None when the circuit carries none."""
+    title), or None when the circuit carries none. ``unit``: what fidelity sampled, ``edges``
+    or (a node-level circuit's) ``nodes``."""
     parts = []
     if "trust_fidelity_spearman" in metrics:
         parts.append(
             f"fidelity to exact patching: Spearman {_fmt(metrics['trust_fidelity_spearman'])}, "
             f"Pearson {_fmt(metrics['trust_fidelity_pearson'])}, sign agreement "
             f"{_fmt(metrics['trust_fidelity_sign_agreement'])}, "
-            f"{metrics.get('trust_fidelity_weak_selected', 0)} weak kept edges "
+            f"{metrics.get('trust_fidelity_weak_selected', 0)} weak kept {unit} "
             f"(on {metrics.get('trust_fidelity_edges', '?')} sampled)"
         )
     if "trust_stability_jaccard_mean" in metrics:
@@ -158,12 +159,26 @@ def fidelity(
 
     sample = sample_edges(runner.graph, selected, n_edges, seed)
     exact = score_with(runner, "exact", progress=False, edge_mask=sample)
-    x = scores.detach().double().cpu()[sample]
-    y = exact.double()[sample]
+    kept = (selected.bool().cpu() & runner.graph.valid)[sample]
+    return _fidelity_figures(scores.detach().double().cpu()[sample], exact.double()[sample], kept)
+
+
+def node_fidelity(runner: PromptRunner, scores: torch.Tensor, kept: torch.Tensor) -> Fidelity:
+    """Node scores [n_src] against exact node patching (``acd.attribution.exact_node_scores``)
+    on every source node: a graph has few enough nodes to measure them all (GPT-2 small: 157).
+    ``kept`` [n_src] bool: the selected nodes; ``n_edges`` of the result counts nodes."""
+    from acd.attribution import exact_node_scores
+
+    exact = exact_node_scores(runner, progress=False)
+    return _fidelity_figures(scores.detach().double().cpu(), exact.double(), kept.bool().cpu())
+
+
+def _fidelity_figures(x: torch.Tensor, y: torch.Tensor, kept: torch.Tensor) -> Fidelity:
+    """Scores ``x`` against exact effects ``y`` (both [n]); ``kept`` [n] bool: selected."""
     largest = float(y.abs().max()) if len(y) else 0.0
-    weak = (selected.bool().cpu() & runner.graph.valid)[sample] & (y.abs() < WEAK_SHARE * largest)
+    weak = kept & (y.abs() < WEAK_SHARE * largest)
     return Fidelity(
-        n_edges=int(sample.sum()),
+        n_edges=len(x),
         pearson=_correlation(x, y),
         spearman=_correlation(_ranks(x), _ranks(y)),
         sign_agreement=float((torch.sign(x) == torch.sign(y)).double().mean()),

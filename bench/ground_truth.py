@@ -3,10 +3,11 @@
     python bench/ground_truth.py [--prompts 100] [--only reverse,sort] [--out FILE.md]
 
 For every compiled program in acd/models/compiled/ (docs/ground_truth.md), every ablation
-(corrupted, zero) and every method (eap, eap-ig, exact, acdc at three tau, hybrid), one
-``acd.discover`` run on the program's task (tasks/compiled/<name>.toml), scored against the
-program's true circuit under that ablation *on the task's inputs*: ``acd.ground_truth.derive``
-over every input of the task's length (distinct symbols for ``sort``), each paired with another
+(corrupted, zero) and every method (eap, eap-ig, eap-ig-activations, clean-corrupted, exact,
+acdc at three tau, hybrid, and eap, eap-ig and exact at node level), one ``acd.discover``
+run on the program's task (tasks/compiled/<name>.toml), scored against the program's true
+circuit under that ablation *on the task's inputs*: ``acd.ground_truth.derive`` over every
+input of the task's length (distinct symbols for ``sort``), each paired with another
 one. (graphs/ground_truth/ holds the true circuits over the whole input space, every length; a
 task's prompts share one length, and an edge that matters only at other lengths cannot be
 found from them.) ACDC and hybrid search with the task's own metric.
@@ -16,8 +17,13 @@ found from them.) ACDC and hybrid search with the task's own metric.
     P / R      precision and recall of the circuit the method selects: the scoring methods keep
                as many edges as the true circuit has (TopN(n_true), then pruned), ACDC and
                hybrid keep what they keep
+    node AUC   ROC AUC of the source nodes against the true circuit's source nodes: for edge
+               rows by the sum of the node's edge scores, for the node-level rows ("... nodes",
+               TopN over as many nodes as the true circuit has, acd.nodes) by their node scores
     faith      the selected circuit's faithfulness on the discovery prompts
-    s          seconds of the discover call
+    fid ρ      the trust report's fidelity (Spearman of the scores with exact patching, gradient
+               methods only), stab J its stability (mean Jaccard over 5 prompt halves)
+    s          seconds of the discover call (trust report included)
 
 Programs whose true circuit is not defined under an ablation (the task's sanity gate refuses
 it: clean and corrupted outputs never differ) are listed with the reason. Prints a Markdown
@@ -32,10 +38,11 @@ import time
 from pathlib import Path
 
 import acd
-from acd.comparison import compare
+from acd.comparison import compare, source_node_auc
 from acd.errors import AcdError
 from acd.ground_truth import GroundTruthError, derive, program_batches
-from acd.methods import ACDC, EAP, EAPIG, Exact, Hybrid, TopN
+from acd.methods import ACDC, EAP, EAPIG, CleanCorrupted, EAPIGActivations, Exact, Hybrid, TopN
+from acd.nodes import node_scores_tensor
 
 ABLATIONS = ("corrupted", "zero")
 TAUS = (1e-4, 1e-3, 1e-2)
@@ -47,6 +54,8 @@ def methods(n_true: int, n_edges: int, metric: str) -> list[tuple[str, object, o
     rows: list[tuple[str, object, object]] = [
         ("eap", EAP(), top),
         ("eap-ig", EAPIG(), top),
+        ("eap-ig-activations", EAPIGActivations(), top),
+        ("clean-corrupted", CleanCorrupted(), top),
         ("exact", Exact(), top),
     ]
     rows += [(f"acdc tau {tau:g}", ACDC(tau, metric=metric), None) for tau in TAUS]
@@ -82,23 +91,43 @@ def measure(name: str, ablation: str, prompts: int) -> list[dict]:
     base["true"] = n_true
     run = acd.RunConfig(ablation=ablation, progress=False)
     rows = []
-    for label, method, select in methods(n_true, graph.n_edges, task.metric):
+    true_nodes = int(truth.any(dim=1).sum())
+    node_rows = [
+        (f"{m.name} nodes", m, TopN(true_nodes), "node") for m in (EAP(), EAPIG(), Exact())
+    ]
+    edge_rows = [(*row, "edge") for row in methods(n_true, graph.n_edges, task.metric)]
+    for label, method, select, level in edge_rows + node_rows:
         start = time.perf_counter()
         try:
             circuit = acd.discover(
-                task, model, method=method, select=select, prompts=prompts, seed=0, run=run
+                task,
+                model,
+                method=method,
+                select=select,
+                prompts=prompts,
+                seed=0,
+                run=run,
+                level=level,
             )
         except AcdError as refused:
             return [{**base, "note": f"refused: {str(refused)[:90]}..."}]
         seconds = time.perf_counter() - start
         by_score = compare(graph, circuit.scores.double(), truth)
         kept = compare(graph, circuit.mask, truth)
+        if level == "node":  # node rows: their node scores against the true source nodes
+            node_auc = source_node_auc(graph, node_scores_tensor(circuit.node_scores, graph), truth)
+        else:
+            node_auc = source_node_auc(graph, circuit.scores.double().sum(dim=1), truth)
+        m = circuit.metrics
         rows.append(
             {
                 **base,
                 "method": label,
                 "family": label.split(" top")[0],  # hybrid rows differ only in their K
-                "auc": by_score.edge_roc_auc,
+                "auc": by_score.edge_roc_auc if level == "edge" else None,
+                "node_auc": node_auc,
+                "spearman": m.get("trust_fidelity_spearman"),
+                "jaccard": m.get("trust_stability_jaccard_mean"),
                 "precision": kept.edge_precision,
                 "recall": kept.edge_recall,
                 "kept": circuit.n_edges,
@@ -117,36 +146,54 @@ def _cell(value, digits: int = 2) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| program | ablation | edges | true | method | AUC | P | R | kept | faith | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| program | ablation | edges | true | method | AUC | node AUC | P | R | kept | faith "
+        "| fid ρ | stab J | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "note" in r:
             lines.append(
                 f"| {r['program']} | {r['ablation']} | {r['edges']} | {r.get('true', '—')} "
-                f"| {r['note']} | | | | | | |"
+                f"| {r['note']} | | | | | | | | | |"
             )
             continue
         lines.append(
             f"| {r['program']} | {r['ablation']} | {r['edges']} | {r['true']} | {r['method']} "
-            f"| {_cell(r['auc'])} | {_cell(r['precision'])} | {_cell(r['recall'])} "
-            f"| {r['kept']} | {_cell(r['faithfulness'])} | {r['seconds']:.1f} |"
+            f"| {_cell(r['auc'])} | {_cell(r['node_auc'])} | {_cell(r['precision'])} "
+            f"| {_cell(r['recall'])} | {r['kept']} | {_cell(r['faithfulness'])} "
+            f"| {_cell(r['spearman'])} | {_cell(r['jaccard'])} | {r['seconds']:.1f} |"
         )
-    lines += ["", "| method | ablation | median AUC | min AUC | runs |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | ablation | median AUC | min AUC | median node AUC | median fid ρ "
+        "| median stab J | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for ablation in ABLATIONS:
         families = dict.fromkeys(r["family"] for r in rows if "family" in r)
         for label in families:
-            aucs = [
-                r["auc"]
-                for r in rows
-                if r.get("family") == label and r["ablation"] == ablation and r["auc"] is not None
-            ]
-            if aucs:
+            runs = [r for r in rows if r.get("family") == label and r["ablation"] == ablation]
+            if runs:
                 lines.append(
-                    f"| {label} | {ablation} | {statistics.median(aucs):.2f} | {min(aucs):.2f} "
-                    f"| {len(aucs)} |"
+                    f"| {label} | {ablation} | {_median(runs, 'auc')} | {_least(runs, 'auc')} "
+                    f"| {_median(runs, 'node_auc')} | {_median(runs, 'spearman')} "
+                    f"| {_median(runs, 'jaccard')} | {len(runs)} |"
                 )
     return "\n".join(lines)
+
+
+def _known(runs: list[dict], key: str) -> list[float]:
+    return [r[key] for r in runs if r.get(key) is not None and r[key] == r[key]]
+
+
+def _median(runs: list[dict], key: str) -> str:
+    values = _known(runs, key)
+    return _cell(statistics.median(values)) if values else "—"
+
+
+def _least(runs: list[dict], key: str) -> str:
+    values = _known(runs, key)
+    return _cell(min(values)) if values else "—"
 
 
 def main() -> None:

@@ -339,3 +339,33 @@ def test_a_multi_query_group_names_all_its_heads_and_sits_in_its_attention_row()
         ("layer 1 attn", ' "a1.h2" "a1.g0"'),
         ("layer 1 MLP", ' "m1"'),
     ]
+
+
+def test_unstable_edges_are_dashed_and_their_inclusion_is_in_the_tooltip():
+    base = make_circuit(SMALL, SMALL_EDGES)
+    inclusion = base.mask.float()  # every kept edge in every resample ...
+    shaky = base.graph.edge_index("a0.h1", "a1.h0<q>")
+    inclusion[shaky] = 0.2  # ... but one, kept by 1 of 5
+    circuit = make_circuit(SMALL, SMALL_EDGES, edge_inclusion=inclusion)
+    dot = circuit_dot(circuit)
+    lines = [line for line in dot.splitlines() if "->" in line and "invis" not in line]
+    dashed = [line for line in lines if 'style="dashed"' in line]
+    assert len(dashed) == 1 and dashed[0].lstrip().startswith('"a0.h1"')
+    assert "kept in 20 % of the prompt resamples" in dashed[0]
+    assert sum("kept in 100 % of the prompt resamples" in line for line in lines) == len(lines) - 1
+    assert "dashed: kept in under 50 % of the prompt resamples" in dot
+    assert "dashed" not in circuit_dot(base)  # no stability measured: nothing dashed or said
+
+
+def test_a_node_level_circuit_shows_node_scores_and_counts_nodes():
+    scores = {"input": -1.5, "a0.h0": 0.25, "a1.h0": 2.0, "m1": -0.5}
+    circuit = make_circuit(SMALL, SMALL_EDGES, level="node", node_scores=scores)
+    dot = circuit_dot(circuit)
+    kept = len(circuit.kept_sources)
+    assert f"{kept} of {circuit.graph.n_src} nodes kept ({len(SMALL_EDGES)} edges between" in dot
+    assert 'label="input -1.5"' in dot and "<B>a0.h0 +0.25</B>" in dot
+    assert 'label="m1 -0.5"' in dot
+    assert "node level: each kept node shows its score" in dot
+    # the same circuit at edge level shows no node scores
+    edge_level = circuit_dot(make_circuit(SMALL, SMALL_EDGES, node_scores=scores))
+    assert 'label="input"' in edge_level and "nodes kept" not in edge_level

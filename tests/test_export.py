@@ -249,11 +249,24 @@ def test_to_networkx_has_one_edge_per_circuit_edge():
         "task": "ioi",
         "model": "toy",
         "method": "eap",
+        "level": "edge",
         "n_edges": 8,
         "seed": 3,
         "model_sha256": "ab" * 32,
         "faithfulness": 0.75,
     }
+
+
+def test_to_networkx_edges_carry_their_inclusion_when_measured():
+    graph = small_graph()
+    inclusion = torch.zeros(graph.n_src, graph.n_dst)
+    inclusion[graph.edge_index("input", "a1.h0<k>")] = 0.4
+    G = to_networkx(make_circuit(graph, EDGES, edge_inclusion=inclusion))
+    assert G.edges["input", "a1.h0", "a1.h0<k>"]["inclusion"] == pytest.approx(0.4)
+    assert G.edges["m1", "logits", "logits"]["inclusion"] == 0.0
+    assert (
+        "inclusion" not in to_networkx(make_circuit(graph, EDGES)).edges["m1", "logits", "logits"]
+    )
 
 
 def test_to_networkx_gqa_group_nodes():

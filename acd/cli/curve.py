@@ -45,11 +45,12 @@ def cmd_curve(args: argparse.Namespace) -> int:
         )
     if not main_rank:
         return 0
-    title = f"{task.name} on {model.name}: faithfulness by edges kept (|score| order)"
+    unit = "nodes" if args.level == "node" else "edges"
+    title = f"{task.name} on {model.name}: faithfulness by {unit} kept (|score| order)"
     paths = plot_faithfulness(curves, stem, title=title)
     print(table(rows))
-    print("\nfaithfulness at each point (edges kept by |score|):")
-    print(table(_points_table(curves, methods)))
+    print(f"\nfaithfulness at each point ({unit} kept by |score|):")
+    print(table(_points_table(curves, methods, unit)))
     print("\nwrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -69,12 +70,14 @@ def _methods(text: str) -> list[str]:
 
 
 def _method_curve(args, model, graph, batch, method: str, metric: str, main_rank: bool):
-    """One method's edge scores, then the CPR and CMD of the circuits they rank: (CPR area,
-    CMD distance, the faithfulness curve). Rank 0 says how long the evaluation takes."""
-    from acd.attribution import attribute
+    """One method's edge scores (node scores with --level node), then the CPR and CMD of the
+    circuits they rank: (CPR area, CMD distance, the faithfulness curve). Rank 0 says how long
+    the evaluation takes."""
+    from acd.attribution import attribute, node_scores
     from acd.curves import CURVE_PERCENTS, cmd, cpr
 
-    scores = attribute(
+    score = node_scores if args.level == "node" else attribute
+    scores = score(
         model,
         graph,
         batch,
@@ -96,9 +99,10 @@ def _method_curve(args, model, graph, batch, method: str, metric: str, main_rank
     return area, distance, curve
 
 
-def _points_table(curves: dict, methods: list[str]) -> list[tuple[str, ...]]:
-    """Rows of the faithfulness of each method's curve at each point, headed by the edges."""
-    header = ("edges",) + tuple(methods)
+def _points_table(curves: dict, methods: list[str], unit: str = "edges") -> list[tuple[str, ...]]:
+    """Rows of the faithfulness of each method's curve at each point, headed by the edges (or
+    nodes) kept."""
+    header = (unit,) + tuple(methods)
     first = curves[methods[0]]
     return [header] + [
         (f"{n:,} ({p:g} %)",) + tuple(f"{curves[m].faithfulness[i]:.3f}" for m in methods)

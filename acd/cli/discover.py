@@ -30,13 +30,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
     # Everything that can be checked without the model is checked before it loads.
     options = _discover_options(args)
     task = load_task(args.task)
-    out = discover_out_dir(args.out, args.model, task.name, args.method)
+    folder = args.method + ("-nodes" if args.level == "node" else "")
+    out = discover_out_dir(args.out, args.model, task.name, folder)
     check_out_dir(out)
     if args.checkpoint:
         check_out_file(args.checkpoint, "--checkpoint")
     config = check_model(args.model, args.device)
     options["prompts"], sample = discovery_prompts(task, args.prompts, args.seed)
-    check_graph_size(config, args.edges, args.candidates)
+    check_graph_size(config, args.edges, args.candidates, args.nodes)
     check_memory(options["prompts"], prompt_tokens(sample), config, args.batch_size, args.device)
     model = load_command_model(args.model, args.device, args.dtype, quiet=not main_rank)
     circuit, caught = _discover_recording_warnings(task, model, options)
@@ -53,6 +54,7 @@ _SCORING_WORDS = "--method " + ", ".join(SCORING_METHODS[:-1]) + " or " + SCORIN
 _METHOD_OPTIONS = {
     "--edges": ("edges", SCORING_METHODS, _SCORING_WORDS),
     "--threshold": ("threshold", SCORING_METHODS, _SCORING_WORDS),
+    "--nodes": ("nodes", SCORING_METHODS, _SCORING_WORDS),
     "--selection": ("selection", SCORING_METHODS, _SCORING_WORDS),
     "--tau": ("tau", ("acdc", "hybrid"), "--method acdc or hybrid"),
     "--candidates": ("candidates", ("hybrid",), "--method hybrid"),
@@ -90,6 +92,18 @@ def _discover_options(args: argparse.Namespace) -> dict:
             f"--ig-steps applies to --method eap-ig (or hybrid with --scoring eap-ig), "
             f"not --method {method}" + (f" --scoring {scoring}" if method == "hybrid" else "")
         )
+    if args.level == "node":
+        if method in ("acdc", "hybrid"):
+            raise AcdError(
+                f"--level node applies to the scoring methods, not --method {method} "
+                "(the searches are edge-level)"
+            )
+        if args.edges is not None:
+            raise AcdError("--level node keeps nodes: give --nodes N, not --edges")
+        if args.selection == "greedy":
+            raise AcdError("--selection greedy grows edges; at --level node choose topn")
+    elif args.nodes is not None:
+        raise AcdError("--nodes applies to --level node (give --edges at edge level)")
     if args.threshold is not None and args.selection is not None:
         raise AcdError("--selection picks --edges edges; --threshold keeps all above it: not both")
     if method in ("acdc", "hybrid") and args.tau is None:
@@ -98,6 +112,7 @@ def _discover_options(args: argparse.Namespace) -> dict:
         raise AcdError("--method hybrid needs --candidates K (edges passed to ACDC)")
     options: dict = dict(
         seed=args.seed,
+        level=args.level,
         prune=not args.no_prune,
         run=RunConfig(
             metric=args.metric,
@@ -124,7 +139,8 @@ def _discover_options(args: argparse.Namespace) -> dict:
         if args.threshold is not None:
             options["select"] = selection_from_name("threshold", threshold=args.threshold)
         else:
-            options["select"] = selection_from_name(args.selection or "topn", edges=args.edges)
+            size = args.nodes if args.level == "node" else args.edges
+            options["select"] = selection_from_name(args.selection or "topn", edges=size)
     return options
 
 

@@ -138,6 +138,19 @@ def _discover_command(sub) -> None:
         help="edges to keep (default: 5 %% of the graph's edges, at most 200)",
     )
     size.add_argument("--threshold", type=float, help="keep every edge with |score| >= T")
+    size.add_argument(
+        "--nodes",
+        type=_nonnegative_int,
+        help="--level node: nodes to keep (default: a quarter of the graph's nodes, at most 50)",
+    )
+    p.add_argument(
+        "--level",
+        choices=["edge", "node"],
+        default="edge",
+        help="edge: keep edges (default); node: keep whole heads and MLPs, each scored by "
+        "patching all its outputs, the circuit every edge between kept nodes (scoring methods "
+        "only; --threshold then compares node scores)",
+    )
     p.add_argument(
         "--selection",
         choices=[name for name in SELECTIONS if name != "threshold"],  # that one: --threshold
@@ -256,6 +269,13 @@ def _curve_command(sub) -> None:
         "--methods",
         default="eap,eap-ig,exact",
         help="comma-separated scoring methods (eap,eap-ig,exact)",
+    )
+    p.add_argument(
+        "--level",
+        choices=["edge", "node"],
+        default="edge",
+        help="edge: circuits of the top edges (default); node: of the top source nodes, each "
+        "removed node patched on all its outputs (x axis: nodes kept)",
     )
     _model_options(p)
     _prompt_options(p, rows="rows")

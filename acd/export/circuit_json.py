@@ -35,6 +35,8 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
         "task": circuit.task,
         "model": {"name": circuit.model, "sha256": circuit.model_sha256},
         "method": circuit.method,
+        # Optional: "node" for a node-level circuit (acd.nodes); absent means "edge".
+        **({"level": circuit.level} if circuit.level != "edge" else {}),
         "params": _encode(circuit.params),
         "seed": circuit.seed,
         "metrics": _encode(circuit.metrics),
@@ -45,6 +47,17 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
         # float(x) of a float32 is exact, and its repr reads back to the same float32 bits.
         "scores": _encode(circuit.scores[graph.valid].tolist()),
         "node_scores": _encode({k: float(v) for k, v in circuit.node_scores.items()}),
+        # Optional: role scores of the heads (acd.roles), head name -> {role: score}.
+        **(
+            {
+                "node_roles": {
+                    name: {role: float(v) for role, v in roles.items()}
+                    for name, roles in circuit.node_roles.items()
+                }
+            }
+            if circuit.node_roles
+            else {}
+        ),
         # Optional (absent when unknown): where the task came from, how prompts were split.
         **({"task_source": circuit.task_source.to_dict()} if circuit.task_source else {}),
         **({"prompt_split": circuit.prompt_split.to_dict()} if circuit.prompt_split else {}),
@@ -112,6 +125,8 @@ def circuit_from_dict(document: Any, *, source: str = "circuit.json") -> Circuit
         seed=doc.seed,
         metrics=parsed.metrics,
         node_scores=dict(doc.node_scores),
+        level=doc.level,
+        node_roles={name: dict(roles) for name, roles in doc.node_roles.items()},
         model_sha256=doc.model.sha256,
         versions=dict(doc.versions),
         created=doc.created,

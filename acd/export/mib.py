@@ -198,6 +198,11 @@ def write_mib(
     """
     if kind not in ("importances", "circuits"):
         raise AcdError(f"unknown MIB submission kind {kind!r}; choose importances or circuits")
+    if circuit.level != "edge":
+        raise AcdError(
+            "MIB submissions are written from edge scores; this circuit is node-level "
+            "(acd discover --level node): discover it at --level edge to export it"
+        )
     # A name given is taken in MIB's spelling where it has one ("arc_easy" -> "arc-easy");
     # mib_folder_name refuses any other.
     if task is not None:

@@ -28,7 +28,9 @@ def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
     An edge goes from the source node to the node that reads it (``Port.node``) and is keyed by
     the destination port's name, e.g. ``"a2.h3<q>"``: one source feeding a head's query, key and
     value inputs gives three parallel edges, which a DiGraph would merge into one. Edge
-    attributes: ``score`` (float) and ``port`` ("q" | "k" | "v" | "none").
+    attributes: ``score`` (float), ``port`` ("q" | "k" | "v" | "none") and, when the trust report
+    measured stability, ``inclusion`` (the share of prompt resamples keeping the edge). The graph
+    attribute ``level`` is ``edge`` or ``node`` (acd.nodes).
     """
     graph = circuit.graph
     G = nx.MultiDiGraph()
@@ -38,6 +40,7 @@ def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
         attrs = _node_attributes(graph, name)
         score = circuit.node_scores.get(name, out_weight.get(name, 0.0))
         G.add_node(name, **attrs, score=float(score))
+    inclusion = circuit.edge_inclusion
     for i, j in circuit.mask.nonzero().tolist():
         port = graph.destinations[j]
         G.add_edge(
@@ -46,6 +49,7 @@ def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
             key=port.name,
             score=float(circuit.scores[i, j]),
             port=port.kind if port.kind in ("q", "k", "v") else "none",
+            **({} if inclusion is None else {"inclusion": float(inclusion[i, j])}),
         )
     return G
 
@@ -93,6 +97,7 @@ def _graph_attributes(circuit: Circuit) -> dict[str, Any]:
         "task": circuit.task,
         "model": circuit.model,
         "method": circuit.method,
+        "level": circuit.level,
         "n_edges": circuit.n_edges,
         "seed": int(circuit.seed),
     }

@@ -13,6 +13,7 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
     """A short Markdown summary: what was run, how big the circuit is, how faithful, how long,
     and the ``top`` kept edges by |score|."""
     m = circuit.metrics
+    unit = "nodes" if circuit.level == "node" else "edges"
     total = circuit.graph.n_edges
     share = 100.0 * circuit.n_edges / total if total else 0.0
     sha = f" (sha256 {circuit.model_sha256[:12]})" if circuit.model_sha256 else ""
@@ -25,7 +26,9 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
         f"- Method: {circuit.method}; seed {circuit.seed}",
         *_prompts_lines(circuit),
         f"- Parameters: {params}",
-        f"- Edges kept: {circuit.n_edges} of {total} ({share:.2f}%)",
+        *_nodes_line(circuit),
+        f"- Edges kept: {circuit.n_edges} of {total} ({share:.2f}%)"
+        + (" (every edge between the kept nodes)" if circuit.level == "node" else ""),
         f"- Faithfulness: {_faithfulness_line(m)}",
         f"- Metric ({m.get('metric', 'n/a')}): clean {_num(m.get('metric_full'))}, circuit "
         f"{_num(m.get('metric_circuit'))}, corrupted (empty circuit) {_num(m.get('metric_empty'))}",
@@ -35,7 +38,7 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
             if "trust_seconds" in m
             else ""
         ),
-        *([f"- Trust: {trust}"] if (trust := trust_line(m)) else []),
+        *([f"- Trust: {trust}"] if (trust := trust_line(m, unit)) else []),
         f"- Created: {circuit.created or 'n/a'}",
         "",
         f"## Top {top} kept edges by |score|",
@@ -43,11 +46,37 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
         "| # | source | destination | score |",
         "|---|---|---|---|",
     ]
-    for rank, (src, dst, score) in enumerate(_top_edges(circuit, top), start=1):
-        lines.append(f"| {rank} | {src} | {dst} | {score:.4g} |")
-    if not circuit.n_edges:
-        lines.append("| - | (no edges kept) | | |")
+    if circuit.level == "node" and not bool(circuit.scores.any()):
+        # exact node patching measures nodes only; its edges carry no scores to rank
+        lines[-4:] = ["(The method measured nodes only: the edges carry no scores.)"]
+    else:
+        for rank, (src, dst, score) in enumerate(_top_edges(circuit, top), start=1):
+            lines.append(f"| {rank} | {src} | {dst} | {score:.4g} |")
+        if not circuit.n_edges:
+            lines.append("| - | (no edges kept) | | |")
+    if circuit.level == "node":
+        lines += _node_table(circuit)
     return "\n".join(lines) + "\n"
+
+
+def _nodes_line(circuit: Circuit) -> list[str]:
+    """A node-level circuit's size in nodes (acd.nodes)."""
+    if circuit.level != "node":
+        return []
+    kept = circuit.kept_sources
+    n_src = circuit.graph.n_src
+    return [f"- Nodes kept (node level): {len(kept)} of {n_src}: {', '.join(kept) or 'none'}"]
+
+
+def _node_table(circuit: Circuit) -> list[str]:
+    """Every kept node with its node score (the effect of patching all its outputs)."""
+    lines = ["", "## Kept nodes by |score|", "", "| # | node | score |", "|---|---|---|"]
+    kept = circuit.kept_sources
+    ranked = sorted(kept, key=lambda n: -abs(circuit.node_scores.get(n, 0.0)))
+    for rank, name in enumerate(ranked, start=1):
+        score = circuit.node_scores.get(name)
+        lines.append(f"| {rank} | {name} | {'n/a' if score is None else f'{score:.4g}'} |")
+    return lines
 
 
 def _prompts_lines(circuit: Circuit) -> list[str]:

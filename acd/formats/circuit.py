@@ -135,6 +135,8 @@ class Params(_Open):
     """``discover``'s arguments (``params``); fields another writer adds are scalars."""
 
     edges: Count | None = None
+    nodes: Count | None = None  # a node-level circuit's TopN size (acd.nodes)
+    level: Literal["edge", "node"] | None = None
     prompts: Positive | None = None
     metric: MetricName | None = None
     evaluation_metric: MetricName | None = None
@@ -240,6 +242,8 @@ class CircuitFile(Strict):
     edges: list[EdgePair]
     scores: list[FiniteFloat]
     node_scores: dict[str, FiniteFloat] = {}
+    level: Literal["edge", "node"] = "edge"
+    node_roles: dict[str, dict[str, Share]] = {}
     task_source: TaskSource | None = None
     prompt_split: PromptSplit | None = None
     edge_inclusion: list[Share] | None = None
@@ -267,6 +271,9 @@ def parse_circuit(data: Any, source: str = "circuit.json") -> ParsedCircuit:
     check_text({k: v for k, v in data.items() if k not in ("scores", "edges")}, source)
     graph = _graph(document.graph, len(document.scores), source)
     nodes = set(graph.nodes)
+    for name in document.node_roles:
+        if name not in graph.src_index or graph.sources[graph.src_index[name]].kind != "head":
+            raise AcdError(f"{source}: node_roles: {name!r} is not a head of this graph")
     for name in document.node_scores:
         if name not in nodes:
             raise AcdError(f"{source}: node_scores: {name!r} is not a node of this graph")

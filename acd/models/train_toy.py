@@ -49,7 +49,7 @@ from acd.tasks import InductionTask, PromptBatch, Task, TemplateTask, load_task
 TRAIN_SEED_BASE = 1_000_000
 TASK_NAMES = ("ioi", "greater-than", "induction")
 # Generic texts that can be mixed into the training stream (see mixed_parts).
-GENERIC_TEXTS = ("text", "icl", "pairs", "chunks")
+GENERIC_TEXTS = ("text", "ctext", "icl", "pairs", "chunks")
 SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<unk>")
 BOS_ID, PAD_ID = SPECIAL_TOKENS.index("<|endoftext|>"), SPECIAL_TOKENS.index("<pad>")
 
@@ -160,12 +160,16 @@ def mixed_parts(
     answer_weight: float,
     curriculum: int = 0,
     icl_interrupt: float = 0.0,
+    text_steps: int = 0,
+    from_step: dict[str, int] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
     texts ``text`` and ``icl``), as (ids [N, T], weights [N, T]) per part, each padded to its
     own width (``parts_loss`` runs one forward per part).
     """
     rng = random.Random(f"toy-train:{seed}:{step}")
+    # a part listed in from_step joins the mixture only from that step on
+    per_task = {k: (0 if step < (from_step or {}).get(k, 0) else n) for k, n in per_task.items()}
     parts = []
     for task in tasks:
         task_seed = TRAIN_SEED_BASE + seed * 100_000_000 + step
@@ -177,8 +181,10 @@ def mixed_parts(
         batch = task.make_batch(tokenizer, n, seed=task_seed)
         parts.append(training_sequences(batch, rng, answer_weight))
     words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
-    if per_task.get("text", 0):
+    if per_task.get("text", 0) and (not text_steps or step < text_steps):
         parts.append(skip_bigram_text(words, per_task["text"], rng, seed, (16, 48)))
+    if per_task.get("ctext", 0):
+        parts.append(class_bigram_text(words, per_task["ctext"], rng, seed, (16, 48)))
     if per_task.get("icl", 0):
         parts.append(in_context_bigram_text(words, per_task["icl"], rng, (24, 48), icl_interrupt))
     if per_task.get("chunks", 0):
@@ -253,6 +259,49 @@ def skip_bigram_text(
         used = set(row)
         for _ in range(rng.randint(*length) - 2):
             word = follow[row[-2]] if rng.random() < 0.5 else rng.choice(words)
+            while word in used:
+                word = rng.choice(words)
+            row.append(word)
+            used.add(word)
+        rows.append(row)
+    return _padded(rows)
+
+
+def class_bigram_text(
+    words: list[int],
+    n: int,
+    rng: random.Random,
+    table_seed: int,
+    length: tuple[int, int],
+    classes: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generic text in which the next word depends on the current word *and* the class of the
+    previous one: with probability 1/2 it is ``table[c](current)``, where ``c`` is the previous
+    word's class (one of ``classes`` fixed random classes), else a random word. No word occurs
+    twice in a sequence (a repeat is redrawn from the unused words). BOS first, right-padded.
+
+    A previous-token head pays off on its own here (it brings the previous word's class to the
+    current position), but the previous word alone predicts nothing about the next one: the
+    tables are independent random maps of the *current* word. Skip-bigram text (where the word
+    two back predicts the next) made the previous word the model's query, and its copying
+    circuit inherited that query (docs/models.md); here the current word stays the query.
+
+    Returns ids [n, T] and weights [n, T] (1 on every real next-token prediction).
+    """
+    table_rng = random.Random(f"class-bigram:{table_seed}")
+    word_class = {w: table_rng.randrange(classes) for w in words}
+    tables = []
+    for _ in range(classes):
+        image = words[:]
+        table_rng.shuffle(image)
+        tables.append(dict(zip(words, image)))
+    rows = []
+    for _ in range(n):
+        row = [BOS_ID] + rng.sample(words, 2)
+        used = set(row)
+        for _ in range(rng.randint(*length) - 2):
+            table = tables[word_class[row[-2]]]
+            word = table[row[-1]] if rng.random() < 0.5 else rng.choice(words)
             while word in used:
                 word = rng.choice(words)
             row.append(word)
@@ -453,6 +502,8 @@ def train(args: argparse.Namespace) -> Path:
             args.answer_weight,
             args.curriculum,
             args.icl_interrupt,
+            args.text_steps,
+            parse_mix(args.from_step) if args.from_step else None,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
@@ -562,6 +613,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="icl text: probability that a random outside word interrupts the walk after a word",
+    )
+    parser.add_argument(
+        "--from-step",
+        default=None,
+        help="parts that join the mixture later, e.g. pairs=1000,chunks=800 (names as --per-task)",
+    )
+    parser.add_argument(
+        "--text-steps",
+        type=int,
+        default=0,
+        help="mix the skip-bigram text in for the first N steps only (0: every step)",
     )
     parser.add_argument(
         "--curriculum",
