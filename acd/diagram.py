@@ -20,10 +20,16 @@ Nodes (only those a drawn edge touches):
   the circuit, so the diagram keeps one arrow per kept edge;
 - an MLP ``m3`` is a green rounded box; ``input`` and ``logits`` are grey ellipses.
 
-Edges: one arrow per drawn edge, blue for a positive score and red for a negative one (grey for
-exactly 0 or a non-finite score), pen width from 0.5 to 5 in proportion to |score| relative to
-the largest drawn |score|. The sign is the scoring method's own (``acd.attribution``: for acd's
-M(patched) - M(clean) scores an edge the behaviour relies on is usually negative). Weaker edges
+Edges: one arrow per drawn edge, coloured by the *effect of removing it*: red where removing
+the edge takes the metric away from the full model's behaviour (the behaviour needs it), blue
+where removing it helps the behaviour (the edge works against it), grey for exactly 0 or a
+non-finite score; pen width from 0.5 to 5 in proportion to |score| relative to the largest drawn
+|score|. Which sign is which follows from acd's score, M(patched) - M(clean)
+(``acd.attribution``): for the task metrics (logit or probability difference, log-probability)
+a needed edge scores negative; for ``kl`` and ``l2`` (distances to the full model, which
+removing a needed edge raises) and for ACDC's deltas it scores positive. The legend says it in
+words, and the LABELLED_EDGES edges of largest |score| carry their score as a label, so the
+largest scores are readable in PNG and PDF too (SVG also has a tooltip on every edge). Weaker edges
 are drawn first, so the strongest lie on top; nodes are drawn over edges. In SVG each edge has
 a tooltip with its name and score.
 
@@ -61,6 +67,7 @@ from typing import TYPE_CHECKING
 
 from acd.atomic import atomic_paths, atomic_write
 from acd.errors import AcdError
+from acd.roles import role_badges
 from acd.trust import trust_line
 
 if TYPE_CHECKING:
@@ -76,8 +83,12 @@ DOT_PROGRAM = "dot"
 # Seconds a render may take before it is abandoned (300 capped edges render in about a second).
 RENDER_TIMEOUT_S = 300
 
-POSITIVE_COLOUR = "#2166ac"  # blue
-NEGATIVE_COLOUR = "#b2182b"  # red
+NEEDED_COLOUR = "#b2182b"  # red: removing the edge harms the behaviour
+AGAINST_COLOUR = "#2166ac"  # blue: removing the edge helps the behaviour
+# The edges of largest |score| that carry their score as a label.
+LABELLED_EDGES = 8
+# Metrics that measure a distance to the full model: removing a needed edge raises them.
+DISTANCE_METRICS = ("kl", "l2")
 ZERO_COLOUR = "#999999"
 MIN_PEN, MAX_PEN = 0.5, 5.0
 
@@ -159,7 +170,7 @@ def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
             n_kept=len(kept),
             n_drawn=len(drawn),
             largest=largest,
-            show_zero=any(_sign_colour(e.score) == ZERO_COLOUR for e in drawn),
+            show_zero=any(_effect_colour(e.score, 1) == ZERO_COLOUR for e in drawn),
             show_dashed=dashed,
         )
         + "];",
@@ -172,9 +183,14 @@ def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
         lines.append("  { rank=same; " + " ".join(_id(n) for n in [row_name, *members]) + "; }")
     for name in nodes:
         score = node_scores.get(name)
-        lines.append(f"  {_id(name)} [{_node_attrs(graph, name, used_ports, score)}];")
+        badges = role_badges(circuit.node_roles[name]) if name in circuit.node_roles else []
+        lines.append(f"  {_id(name)} [{_node_attrs(graph, name, used_ports, score, badges)}];")
+    needed = needed_sign(circuit)
+    labelled = {(e.src, e.dst) for e in _largest_edges(drawn, LABELLED_EDGES)}
+    labelled = labelled if len(drawn) > 0 and largest > 0 else set()
     for edge in sorted(drawn, key=lambda e: (_magnitude(e.score), e.src, e.dst)):
-        lines.append("  " + _edge_statement(graph, edge, largest))
+        label = (edge.src, edge.dst) in labelled
+        lines.append("  " + _edge_statement(graph, edge, largest, needed, label))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -281,9 +297,10 @@ def _node_attrs(
     name: str,
     used_ports: set[tuple[str, str]],
     score: float | None = None,
+    badges: Sequence[str] = (),
 ) -> str:
     """DOT attributes of one node: shape, fill and label by kind; a node-level circuit's node
-    shows its ``score`` under its name."""
+    shows its ``score`` after its name, a head its role ``badges`` (acd.roles)."""
     node = graph.node(name)
     label = name if score is None else f"{name} {score:+.3g}"
     if node.kind in ("input", "logits"):
@@ -302,6 +319,8 @@ def _node_attrs(
         )
     cells = ("q",) if grouped else ("q", "k", "v")
     title = name if score is None else f"{name} {score:+.3g}"
+    if badges:
+        title += " · " + " ".join(badges)
     return "shape=none, margin=0, label=" + _port_table(name, title, cells, used_ports, _HEAD_FILL)
 
 
@@ -327,8 +346,18 @@ def _port_table(
     )
 
 
-def _edge_statement(graph: ComputeGraph, edge: _Edge, largest: float) -> str:
-    """One ``tail -> head [...]`` line: colour by sign, width by |score|."""
+def needed_sign(circuit: Circuit) -> int:
+    """The sign of the score of an edge the behaviour needs: -1 for the task metrics (removing
+    it lowers them), +1 for the distances kl and l2 (removing it raises them)."""
+    metric = circuit.params.get("metric") or circuit.metrics.get("metric")
+    return 1 if metric in DISTANCE_METRICS else -1
+
+
+def _edge_statement(
+    graph: ComputeGraph, edge: _Edge, largest: float, needed: int = -1, label: bool = False
+) -> str:
+    """One ``tail -> head [...]`` line: colour by the effect of removal (``needed``: the sign
+    of a needed edge's score), width by |score|, the score as a label when ``label``."""
     source = graph.sources[edge.src]
     port = graph.destinations[edge.dst]
     tail = _id(source.name) + (":out:n" if source.kind == "head" else ":n")
@@ -338,10 +367,12 @@ def _edge_statement(graph: ComputeGraph, edge: _Edge, largest: float) -> str:
     if edge.inclusion is not None:
         tooltip += f" · kept in {100 * edge.inclusion:.0f} % of the prompt resamples"
     style = {"style": "dashed"} if _unstable(edge) else {}
+    if label:
+        style.update(label=f" {edge.score:+.3g}", fontsize="9", fontcolor="#444444")
     return (
         f"{tail} -> {head} ["
         + _attrs(
-            color=_sign_colour(edge.score) + _EDGE_ALPHA,
+            color=_effect_colour(edge.score, needed) + _EDGE_ALPHA,
             penwidth=f"{width:.2f}",
             tooltip=tooltip,
             **style,
@@ -357,10 +388,11 @@ def _edge_head(port: Port) -> str:
     return f"{_id(port.node)}:s"
 
 
-def _sign_colour(score: float) -> str:
+def _effect_colour(score: float, needed: int) -> str:
+    """Red where the score's sign is a needed edge's (``needed``), blue for the other sign."""
     if not math.isfinite(score) or score == 0:
         return ZERO_COLOUR
-    return POSITIVE_COLOUR if score > 0 else NEGATIVE_COLOUR
+    return NEEDED_COLOUR if (score > 0) == (needed > 0) else AGAINST_COLOUR
 
 
 def _pen_width(score: float, largest: float) -> float:
@@ -412,13 +444,19 @@ def _title_label(
     trust = trust_line(circuit.metrics, unit="nodes" if circuit.level == "node" else "edges")
     if trust is not None:
         rows.append(f'<TR><TD><FONT POINT-SIZE="11">{_html(trust)}</FONT></TD></TR>')
-    rows.append(f"<TR><TD>{_legend(graph, largest, show_zero=show_zero)}</TD></TR>")
+    legend = _legend(graph, largest, show_zero=show_zero, needed=needed_sign(circuit))
+    rows.append(f"<TR><TD>{legend}</TD></TR>")
     notes = []
     if circuit.level == "node":
         notes.append(
             "node level: each kept node shows its score (the effect of patching all its "
             "outputs); the edges are every edge between kept nodes"
             + ("" if bool(circuit.scores.any()) else " (measured per node: no edge scores)")
+        )
+    if any(role_badges(r) for r in circuit.node_roles.values()):
+        notes.append(
+            "head badges: prev = previous-token, dup = duplicate-token, ind = induction, "
+            "copy = copying, END→X = the final position attends to X (score ≥ 0.5, acd.roles)"
         )
     if show_dashed:
         notes.append(
@@ -429,9 +467,9 @@ def _title_label(
     return '<<TABLE BORDER="0" CELLSPACING="2" CELLPADDING="1">' + "".join(rows) + "</TABLE>>"
 
 
-def _legend(graph: ComputeGraph, largest: float, *, show_zero: bool) -> str:
-    """A one-row table: sign swatches (grey only when some drawn edge scores 0 or not a finite
-    number), what width means, what the port cells mean."""
+def _legend(graph: ComputeGraph, largest: float, *, show_zero: bool, needed: int = -1) -> str:
+    """A one-row table: what the colours mean (grey only when some drawn edge scores 0 or not a
+    finite number), what width means, what the port cells mean."""
 
     def swatch(colour: str) -> str:
         return f'<TD BGCOLOR="{colour}" WIDTH="26" HEIGHT="4" FIXEDSIZE="TRUE"></TD>'
@@ -448,12 +486,14 @@ def _legend(graph: ComputeGraph, largest: float, *, show_zero: bool) -> str:
         )
     else:
         ports = "head cells q, k, v = query, key, value inputs"
+    metric = "the distance to the full model" if needed > 0 else "the metric"
+    moves = ("raises", "lowers") if needed > 0 else ("lowers", "raises")
     cells = [
-        swatch(POSITIVE_COLOUR),
-        text("positive score"),
+        swatch(NEEDED_COLOUR),
+        text(f"needed: removing it {moves[0]} {metric}"),
         gap,
-        swatch(NEGATIVE_COLOUR),
-        text("negative score"),
+        swatch(AGAINST_COLOUR),
+        text(f"works against: removing it {moves[1]} {metric}"),
         gap,
         *([swatch(ZERO_COLOUR), text("zero / not finite"), gap] if show_zero else []),
         text(f"width ∝ |score| (widest {largest:.3g})"),

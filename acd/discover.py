@@ -45,6 +45,7 @@ from acd.nodes import (
     kept_nodes,
     node_scores_by_name,
 )
+from acd.roles import head_role_scores, roles_apply
 from acd.runner import PromptRunner, check_run_options
 from acd.search import prune_dangling
 from acd.tasks import PromptBatch, Task, load_task
@@ -82,6 +83,10 @@ class RunConfig:
         resamples: prompt resamples of the stability figures; None: ``acd.trust.RESAMPLES``
             for the gradient methods (each costs one more scoring), 0 for exact and the
             searches.
+        roles: attach every head's role scores (``acd.roles.head_role_scores``: previous-token,
+            duplicate-token, induction, copying, and where a template task's final position
+            attends) as ``Circuit.node_roles``; False skips them. Models the roles do not apply
+            to (``acd.roles.roles_apply``) get none.
     """
 
     metric: str | None = None
@@ -93,6 +98,7 @@ class RunConfig:
     force: bool = False
     trust: bool = True
     resamples: int | None = None
+    roles: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and (
@@ -265,6 +271,11 @@ def discover(
         metrics["n_selected_nodes"] = int(kept_nodes(selected, graph).sum())
         metrics["n_nodes"] = int(kept_nodes(mask, graph).sum())
     metrics["seconds"] = round(time.perf_counter() - start, 3)
+    node_roles: dict[str, dict[str, float]] = {}
+    if run.roles and roles_apply(model):
+        started = time.perf_counter()
+        node_roles = head_role_scores(model, task, seed=seed)
+        metrics["roles_seconds"] = round(time.perf_counter() - started, 3)
     inclusion = None
     if run.trust:
         report = _trust_report(
@@ -282,6 +293,7 @@ def discover(
         params=params,
         level="node" if by_node else "edge",
         node_scores={} if node_scores is None else node_scores_by_name(node_scores, graph),
+        node_roles=node_roles,
         seed=seed,
         metrics=metrics,
         model_sha256=weights_sha256(model),

@@ -11,7 +11,23 @@ attention where the role says (docs/models.md, "Head roles", gives the formulas)
 - **induction** (Olsson et al. 2022): on the same sequences, mean over the second half's
   positions t (but the last) of A[t, t-L+1], the token *after* the earlier copy;
 - **IOI final-position attention** (Wang et al. 2022's name movers): mean of A[END, IO] and of
-  A[END, S1] + A[END, S2] over IOI prompts.
+  A[END, S1] + A[END, S2] over IOI prompts;
+- **final-position attention per template variable** (``final_attention_by_variable``): for a
+  template task, mean of A[END, p] where p is where a variable's value sits in the prompt; a
+  variable that occurs k > 1 times gets one score per occurrence (``S1``, ``S2`` for IOI's
+  subject), found from the values the task filled its template with;
+- **copying** (after Wang et al. 2022's copy score and Elhage et al. 2021's OV-circuit copying;
+  here measured on the forward itself, ``copying_scores``): on the repeated random sequences,
+  at each query position q where the head reads something besides BOS (at least 0.1 of its
+  attention off position 0), the attention-weighted share of the keys k >= 1 whose token is
+  among the COPY_TOP_K tokens whose logits the head's output raises most *directly* (the logits
+  of the final residual minus those of the final residual without the head's output at q);
+  averaged over those positions. A head whose OV circuit copies what it attends to scores near
+  1; a head writing something else near COPY_TOP_K / vocabulary size.
+
+``head_role_scores`` gathers them for a loaded model (``Circuit.node_roles``), and
+``role_badges`` gives a head's short labels: a role whose score is at least ROLE_THRESHOLD
+(``prev``, ``dup``, ``ind``, ``copy``, ``END→IO`` ...).
 
 Patterns come from a ``PatternsFn``: token ids [N, T] -> attention weights [N, n_layers,
 n_heads, T, T] (query, key). ``adapter_patterns`` gives one for a loaded ``ModelAdapter``;
@@ -26,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from acd.tasks import PromptBatch
+from acd.tasks import PromptBatch, TemplateTask
 
 # tokens [N, T] -> patterns [N, n_layers, n_heads, T(query), T(key)]
 PatternsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -36,6 +52,20 @@ ROLE_THRESHOLD = 0.5
 
 # Half lengths of the repeated random sequences the attention roles are measured on.
 ROLE_HALF_LENGTHS = (5, 10, 20)
+
+# Copying: the tokens whose direct logits a head raises most, and its sequences (each one
+# unembedding per head, so fewer and shorter than for the attention roles).
+COPY_TOP_K = 5
+COPY_PROMPTS, COPY_HALF_LENGTH = 8, 10
+
+# Badges: role score name -> short label (``role_badges``); per-variable attention scores
+# ("end_to_IO") get "END→IO".
+BADGES = {
+    "previous_token": "prev",
+    "duplicate_token": "dup",
+    "induction": "ind",
+    "copying": "copy",
+}
 
 
 @dataclass(frozen=True)
@@ -184,3 +214,158 @@ def hf_gpt2_patterns(model) -> PatternsFn:
         return torch.stack(out.attentions, dim=1)
 
     return patterns
+
+
+def final_attention_by_variable(
+    patterns_fn: PatternsFn, task: TemplateTask, tokenizer, n_prompts: int = 50, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Where the final position attends, per template variable: {label: [n_layers, n_heads]}.
+
+    For each of ``n_prompts`` clean prompts of ``task``, each variable's value is looked up by
+    token id (with and without a leading space; values that are not one token are skipped) at
+    the positions before the final one; a variable found once is labelled by its name, one
+    found k > 1 times by its name and occurrence (``S1``, ``S2``). Each label's score is the
+    mean of A[END, position] over the prompts that have it.
+    """
+    pairs = task.prompt_pairs_with_values(n_prompts, seed)
+    batch = task.encode([pair for pair, _ in pairs], tokenizer)
+    with torch.no_grad():
+        patterns = patterns_fn(batch.clean).float()
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for i, (_, values) in enumerate(pairs):
+        end = int(batch.lengths[i]) - 1
+        prompt = batch.clean[i, :end].tolist()
+        for variable, value in values.items():
+            ids = _single_token_ids(tokenizer, value)
+            found = [p for p, token in enumerate(prompt) if token in ids]
+            for k, position in enumerate(found, start=1):
+                label = variable if len(found) == 1 else f"{variable}{k}"
+                row = patterns[i, :, :, end, position]  # [L, H]
+                sums[label] = sums.get(label, torch.zeros_like(row)) + row
+                counts[label] = counts.get(label, 0) + 1
+    return {label: sums[label] / counts[label] for label in sums}
+
+
+def _single_token_ids(tokenizer, word: str) -> set[int]:
+    """The ids ``word`` encodes to as one token, with and without a leading space."""
+    ids = set()
+    for text in (word, " " + word):
+        encoded = tokenizer([text], add_special_tokens=False)["input_ids"][0]
+        if len(encoded) == 1:
+            ids.add(int(encoded[0]))
+    return ids
+
+
+def copy_share(patterns: torch.Tensor, raised: torch.Tensor, tokens: torch.Tensor) -> float:
+    """One head's copying score from its patterns [N, T, T], the ids of the tokens its output
+    raises most directly at each position [N, T, k], and the token ids [N, T] (module
+    docstring): the mean, over positions that put at least 0.1 of the attention off position
+    0, of the attention share on keys k >= 1 whose token is in that position's ``raised``."""
+    keys = tokens[:, None, 1:]  # [N, 1, T-1]: the key tokens, BOS left out
+    hit = (raised[:, :, :, None] == keys[:, :, None, :]).any(dim=2)  # [N, T, T-1]
+    attention = patterns[:, :, 1:]
+    reads = attention.sum(-1)  # [N, T]
+    share = (attention * hit).sum(-1) / reads.clamp_min(1e-12)
+    counted = reads >= 0.1
+    if not bool(counted.any()):
+        return 0.0
+    return float(share[counted].mean())
+
+
+def copying_scores(
+    model, vocab_ids: Sequence[int], n_prompts: int = COPY_PROMPTS, seed: int = 0
+) -> torch.Tensor:
+    """Every head's copying score on ``n_prompts`` repeated random sequences of half length
+    COPY_HALF_LENGTH drawn from ``vocab_ids``: [n_layers, n_heads] (module docstring)."""
+    bos = model.tokenizer.bos_token_id
+    tokens = repeated_random_tokens(vocab_ids, n_prompts, COPY_HALF_LENGTH, seed, bos)
+    patterns, results, final = _heads_and_final_residual(model, tokens)
+    n_layers, n_heads = patterns.shape[1], patterns.shape[2]
+    full = _logits_from_final(model, final)
+    scores = torch.zeros(n_layers, n_heads)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            without = _logits_from_final(model, final - results[:, layer, head])
+            raised = (full - without).topk(COPY_TOP_K, dim=-1).indices.cpu()
+            scores[layer, head] = copy_share(patterns[:, layer, head], raised, tokens)
+    return scores
+
+
+def _heads_and_final_residual(model, tokens: torch.Tensor):
+    """Patterns [N, L, H, T, T], head outputs [N, L, H, T, d_model] and the final residual
+    [N, T, d_model] of one plain forward (CPU, float32 patterns)."""
+    n_layers = model.spec.n_layers
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(tensor, hook):
+        store[hook.name] = tensor.detach()
+
+    names = [model.hook_attn_pattern(layer) for layer in range(n_layers)]
+    results = [model.hook_head_result(layer) for layer in range(n_layers)]
+    final = model.hook_final_resid()
+    with torch.no_grad():
+        model.bridge.run_with_hooks(
+            tokens.to(model.device), fwd_hooks=[(name, keep) for name in (*names, *results, final)]
+        )
+    patterns = torch.stack([store[name].float().cpu() for name in names], dim=1)
+    # hook_result is [N, T, H, d]; heads first, like the patterns
+    outputs = torch.stack([store[name].transpose(1, 2) for name in results], dim=1)
+    return patterns, outputs, store[final]
+
+
+def _logits_from_final(model, residual: torch.Tensor) -> torch.Tensor:
+    """The final norm and unembedding of a final residual [N, T, d_model]: [N, T, vocab]."""
+    n_layers = model.spec.n_layers
+
+    def entry(x, hook):
+        return residual.to(x.device)
+
+    return model.run_from_block(residual, n_layers, [(model.hook_final_resid(), entry)]).float()
+
+
+def roles_apply(model) -> bool:
+    """Whether the role scores are defined for ``model``: a causal language model with enough
+    ordinary tokens for the repeated random sequences (not, e.g., a compiled RASP program,
+    whose few symbols and fixed length the sequences cannot be drawn from)."""
+    if not getattr(model, "causal", True) or getattr(model, "tokenizer", None) is None:
+        return False
+    return len(ordinary_token_ids(model.tokenizer)) >= max(ROLE_HALF_LENGTHS)
+
+
+def head_role_scores(
+    model, task=None, n_prompts: int = 50, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Every head's role scores for ``Circuit.node_roles``: {head name: {role: score}} with
+    ``previous_token``, ``duplicate_token``, ``induction``, ``copying`` and, for a template
+    task, ``end_to_<label>`` per variable occurrence (``final_attention_by_variable``)."""
+    tokenizer = model.tokenizer
+    patterns = adapter_patterns(model)
+    vocab = ordinary_token_ids(tokenizer)
+    roles = head_roles(patterns, vocab, tokenizer.bos_token_id, n_prompts, seed)
+    copying = copying_scores(model, vocab, seed=seed)
+    per_variable = {}
+    if isinstance(task, TemplateTask):
+        per_variable = final_attention_by_variable(patterns, task, tokenizer, n_prompts, seed)
+    out: dict[str, dict[str, float]] = {}
+    for layer, head in roles.heads():
+        scores = {
+            "previous_token": float(roles.previous_token[layer, head]),
+            "duplicate_token": float(roles.duplicate_token[layer, head]),
+            "induction": float(roles.induction[layer, head]),
+            "copying": float(copying[layer, head]),
+        }
+        for label, values in per_variable.items():
+            scores[f"end_to_{label}"] = float(values[layer, head])
+        out[f"a{layer}.h{head}"] = {k: min(1.0, max(0.0, v)) for k, v in scores.items()}
+    return out
+
+
+def role_badges(scores: dict[str, float], threshold: float = ROLE_THRESHOLD) -> list[str]:
+    """A head's short labels: every role whose score is at least ``threshold``, in the order
+    of BADGES, then the template variables the final position attends to (``END→IO``)."""
+    badges = [label for role, label in BADGES.items() if scores.get(role, 0.0) >= threshold]
+    for role, value in scores.items():
+        if role.startswith("end_to_") and value >= threshold:
+            badges.append("END→" + role.removeprefix("end_to_"))
+    return badges

@@ -133,7 +133,7 @@ def test_colour_follows_sign_and_width_follows_abs_score():
     }
     for name, score in SMALL_EDGES.items():
         colour = edges[by_name[name]]["colour"]
-        expected = diagram.POSITIVE_COLOUR if score > 0 else diagram.NEGATIVE_COLOUR
+        expected = diagram.AGAINST_COLOUR if score > 0 else diagram.NEEDED_COLOUR
         assert colour.startswith(expected), (name, colour)
     widths = {name: edges[key]["width"] for name, key in by_name.items()}
     widest = max(widths, key=widths.get)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from acd.roles import head_roles, ioi_final_attention, scores_on_repeats
@@ -118,3 +119,150 @@ def test_copy_probes_tell_the_textbook_rule_from_the_previous_word_rule():
     assert [f.value > 0.99 for f in textbook] == [True, False]
     assert [f.value > 0.99 for f in lookalike] == [False, True]
     assert max(textbook[1].value, lookalike[0].value) < 0.01
+
+
+# --------------------------------------------------------------------------------------------
+# Final-position attention per template variable, copying, badges
+
+
+def _name_task():
+    from acd.tasks.kinds import TemplateTask
+
+    return TemplateTask(
+        name="names",
+        kind="template",
+        metric="logit_diff",
+        description="",
+        source="",
+        lists={"names": ["Mary", "John"]},
+        variables={"IO": "names", "S": "names"},
+        distinct=[["IO", "S"]],
+        templates=[("When {IO} {S} went {S} gave it to", "When {S} {IO} went {IO} gave it to")],
+        answer=[" {IO}"],
+        wrong=[" {S}"],
+    )
+
+
+def test_final_attention_by_variable_finds_each_occurrence():
+    from acd.roles import final_attention_by_variable
+
+    task, tokenizer = _name_task(), _WordTokenizer()
+    pairs = task.prompt_pairs_with_values(4, seed=0)
+    assert [pair for pair, _ in pairs] == task.prompt_pairs(4, seed=0)
+    assert {values["IO"] for _, values in pairs} | {values["S"] for _, values in pairs} <= {
+        "Mary",
+        "John",
+    }
+    # BOS + "When IO S went S gave it to": IO at 2, S at 3 and 5, END at 8
+    t = 9
+
+    def patterns(tokens: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(tokens), 1, 2, t, t)
+        out[:, 0, 0, -1, 2] = 0.75  # head 0: the IO slot
+        out[:, 0, 0, -1, 0] = 0.25
+        out[:, 0, 1, -1, 3] = 0.2  # head 1: the two subject slots
+        out[:, 0, 1, -1, 5] = 0.8
+        return out
+
+    scores = final_attention_by_variable(patterns, task, tokenizer, n_prompts=4, seed=0)
+    assert set(scores) == {"IO", "S1", "S2"}
+    assert torch.allclose(scores["IO"], torch.tensor([[0.75, 0.0]]))
+    assert torch.allclose(scores["S1"], torch.tensor([[0.0, 0.2]]))
+    assert torch.allclose(scores["S2"], torch.tensor([[0.0, 0.8]]))
+
+
+def test_copy_share_by_hand():
+    from acd.roles import copy_share
+
+    tokens = torch.tensor([[0, 11, 12, 13]])  # BOS then three tokens
+    patterns = torch.zeros(1, 4, 4)
+    patterns[0, 1, 1] = 1.0  # q=1 reads token 11
+    patterns[0, 2, 0], patterns[0, 2, 1], patterns[0, 2, 2] = 0.5, 0.25, 0.25  # 11 and 12
+    patterns[0, 3, 0], patterns[0, 3, 3] = 0.95, 0.05  # q=3 reads BOS almost only: skipped
+    raised = torch.tensor([[[0, 1], [11, 99], [12, 98], [13, 97]]])  # top-2 raised per q
+    # q=0 reads only BOS: skipped; q=1: all on 11, raised -> 1; q=2: 12 of {11, 12} -> 0.5
+    assert copy_share(patterns, raised, tokens) == pytest.approx((1.0 + 0.5) / 2)
+    assert copy_share(patterns, torch.full_like(raised, 5), tokens) == 0.0
+
+
+def test_copying_scores_match_a_hand_hook_on_a_real_model(tiny_gpt2_dir):
+    """The direct effect through hand hooks (the final residual minus the head's output, in a
+    full forward) and the attended tokens counted in plain loops."""
+    import acd
+    from acd.roles import COPY_HALF_LENGTH, COPY_TOP_K, copying_scores, repeated_random_tokens
+
+    model = acd.load_model(tiny_gpt2_dir, device="cpu", dtype=torch.float64)
+    vocab = list(range(1, 60))
+    got = copying_scores(model, vocab, n_prompts=3, seed=0)
+    tokens = repeated_random_tokens(vocab, 3, COPY_HALF_LENGTH, 0, bos=0)
+    store = {}
+
+    def keep(tensor, hook):
+        store[hook.name] = tensor.detach().clone()
+
+    hooks = [(model.hook_head_result(0), keep), (model.hook_head_result(1), keep)]
+    hooks += [(model.hook_attn_pattern(0), keep), (model.hook_attn_pattern(1), keep)]
+    with torch.no_grad():
+        full = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    for layer in range(2):
+        for head in range(4):
+            z = store[model.hook_head_result(layer)][:, :, head]
+
+            def minus(x, hook, z=z):
+                return x - z
+
+            with torch.no_grad():
+                without = model.bridge.run_with_hooks(
+                    tokens, fwd_hooks=[(model.hook_final_resid(), minus)]
+                )
+            raised = (full - without).topk(COPY_TOP_K, dim=-1).indices
+            pattern = store[model.hook_attn_pattern(layer)][:, head]
+            shares = []
+            for b in range(len(tokens)):
+                for q in range(tokens.shape[1]):
+                    reads = float(pattern[b, q, 1:].sum())
+                    if reads < 0.1:
+                        continue
+                    hit = sum(
+                        float(pattern[b, q, k])
+                        for k in range(1, tokens.shape[1])
+                        if int(tokens[b, k]) in raised[b, q].tolist()
+                    )
+                    shares.append(hit / reads)
+            expected = sum(shares) / len(shares)
+            assert float(got[layer, head]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_badges_follow_the_threshold():
+    from acd.roles import role_badges
+
+    scores = {"previous_token": 0.8, "duplicate_token": 0.49, "induction": 0.5, "copying": 0.1}
+    assert role_badges(scores) == ["prev", "ind"]
+    assert role_badges({**scores, "end_to_IO": 0.7, "end_to_S2": 0.2}) == ["prev", "ind", "END→IO"]
+    assert role_badges(scores, threshold=0.9) == []
+
+
+def test_discover_stores_role_scores_on_the_heads(tmp_path):
+    import acd
+    from acd.export.circuit_json import load_circuit
+    from acd.roles import head_role_scores
+
+    model = acd.load_model("toy")
+    circuit = acd.discover("ioi", model, prompts=8, run=acd.RunConfig(progress=False, trust=False))
+    expected = head_role_scores(model, acd.load_task("ioi"))
+    assert set(circuit.node_roles) == {f"a{layer}.h{h}" for layer in range(4) for h in range(4)}
+    for name, scores in expected.items():
+        assert circuit.node_roles[name] == pytest.approx(scores)
+    assert "end_to_IO" in circuit.node_roles["a0.h0"]
+    circuit.save(tmp_path)
+    loaded = load_circuit(tmp_path / "circuit.json").node_roles
+    assert set(loaded) == set(circuit.node_roles)
+    for name, scores in circuit.node_roles.items():
+        assert loaded[name] == pytest.approx(scores)
+    G = circuit.to_networkx()
+    head = next(n for n in G.nodes if G.nodes[n]["kind"] == "head")
+    assert G.nodes[head]["role_induction"] == pytest.approx(circuit.node_roles[head]["induction"])
+    skipped = acd.discover(
+        "ioi", model, prompts=8, run=acd.RunConfig(progress=False, trust=False, roles=False)
+    )
+    assert skipped.node_roles == {}

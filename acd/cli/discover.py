@@ -121,6 +121,7 @@ def _discover_options(args: argparse.Namespace) -> dict:
             progress=is_main() and not args.quiet,
             force=args.force,
             trust=not args.no_trust,
+            roles=not args.no_roles,
         ),
     )
     options["method"] = method_from_name(

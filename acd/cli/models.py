@@ -78,3 +78,44 @@ def cmd_check_model(args: argparse.Namespace) -> int:
     print(role_table)
     print(f"\n{time.perf_counter() - start:.1f} s")
     return 0 if all(f.met is not False for f in figures) else 1
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    """Print every head's role scores (acd.roles) and badges, for a task if given."""
+    from acd.errors import AcdError
+    from acd.models import load_model
+    from acd.roles import BADGES, ROLE_THRESHOLD, head_role_scores, role_badges, roles_apply
+    from acd.tasks import load_task
+
+    task = load_task(args.task) if args.task else None
+    quiet_transformers()
+    check_model(args.model, args.device)
+    model = load_model(args.model, device=args.device)
+    if not roles_apply(model):
+        raise AcdError(
+            f"the head roles do not apply to {model.name}: they need a causal language model "
+            "with a vocabulary to draw repeated random sequences from"
+        )
+    start = time.perf_counter()
+    roles = head_role_scores(model, task, n_prompts=args.prompts, seed=args.seed)
+    columns = list(next(iter(roles.values())))
+    header = ["head", *(_role_column(c, BADGES) for c in columns), "badges"]
+    rows = [header] + [
+        [name, *(f"{scores[c]:.2f}" for c in columns), " ".join(role_badges(scores)) or "-"]
+        for name, scores in roles.items()
+    ]
+    where = f" and where the final position of {task.name} attends" if task else ""
+    print(f"{model.name}: head roles on repeated random sequences{where} ({args.prompts} prompts)")
+    print(table([tuple(r) for r in rows]))
+    print(
+        f"\nbadges: a score >= {ROLE_THRESHOLD} (docs/models.md, 'Head roles', defines each); "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _role_column(role: str, badges: dict[str, str]) -> str:
+    """A short column title: the badge of a role, END→X for a template variable."""
+    if role.startswith("end_to_"):
+        return "END→" + role.removeprefix("end_to_")
+    return badges.get(role, role)

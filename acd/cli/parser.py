@@ -13,7 +13,7 @@ from acd.cli.curve import cmd_curve
 from acd.cli.discover import cmd_discover
 from acd.cli.evaluate import cmd_evaluate
 from acd.cli.export import cmd_export
-from acd.cli.models import cmd_check_model, cmd_models, cmd_tasks
+from acd.cli.models import cmd_check_model, cmd_models, cmd_roles, cmd_tasks
 from acd.cli.saved import cmd_compare, cmd_render
 from acd.methods import HYBRID_SCORING, METHODS, SELECTIONS
 from acd.metrics import METRICS
@@ -22,6 +22,8 @@ EXAMPLES = {
     "models": "example: acd models",
     "tasks": "example: acd tasks",
     "check-model": "example: acd check-model toy --prompts 500",
+    "roles": "examples:\n  acd roles                  # the embedded model's heads\n"
+    "  acd roles toy --task ioi   # and where IOI's final position attends (IO, S1, S2, ...)",
     "discover": (
         "examples:\n"
         "  acd discover ioi               # embedded model, EAP-IG: out/toy/ioi/eap-ig/\n"
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_command(sub, "tasks", "List the shipped tasks.", cmd_tasks)
     _check_model_command(sub)
+    _roles_command(sub)
     _discover_command(sub)
     _evaluate_command(sub)
     _render_command(sub)
@@ -115,6 +118,23 @@ def _check_model_command(sub) -> None:
     p.add_argument("model", nargs="?", default="toy", help="model name or path (default: toy)")
     p.add_argument("--prompts", type=_positive_int, default=500, help="prompts per task")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (held out from training)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
+    _threads_option(p)
+
+
+def _roles_command(sub) -> None:
+    """acd roles [MODEL] [--task T]: every head's role scores and badges."""
+    p = _add_command(
+        sub,
+        "roles",
+        "Score every head's role: previous-token, duplicate-token, induction, copying, and "
+        "where a task's final position attends.",
+        cmd_roles,
+    )
+    p.add_argument("model", nargs="?", default="toy", help="model name or path (default: toy)")
+    p.add_argument("--task", default=None, help="a template task (e.g. ioi) for END→variable")
+    p.add_argument("--prompts", type=_positive_int, default=50, help="sequences per score")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sequences")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
     _threads_option(p)
 
@@ -206,6 +226,12 @@ def _discover_command(sub) -> None:
         action="store_true",
         help="skip the trust report (fidelity of a gradient method against exact patching on "
         "100 edges, stability over 5 prompt resamples; acd.trust), for speed",
+    )
+    p.add_argument(
+        "--no-roles",
+        action="store_true",
+        help="skip the head role scores (previous-token, duplicate-token, induction, copying, "
+        "where the final position attends; acd.roles) stored on the circuit's heads",
     )
     p.add_argument(
         "--no-prune",

@@ -29,7 +29,9 @@ def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
     the destination port's name, e.g. ``"a2.h3<q>"``: one source feeding a head's query, key and
     value inputs gives three parallel edges, which a DiGraph would merge into one. Edge
     attributes: ``score`` (float), ``port`` ("q" | "k" | "v" | "none") and, when the trust report
-    measured stability, ``inclusion`` (the share of prompt resamples keeping the edge). The graph
+    measured stability, ``inclusion`` (the share of prompt resamples keeping the edge). Heads
+    with role scores (``circuit.node_roles``) also carry ``role_<role>`` floats and ``roles``,
+    their badges (``acd.roles.role_badges``) as one string. The graph
     attribute ``level`` is ``edge`` or ``node`` (acd.nodes).
     """
     graph = circuit.graph
@@ -39,7 +41,7 @@ def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
     for name in circuit.nodes:
         attrs = _node_attributes(graph, name)
         score = circuit.node_scores.get(name, out_weight.get(name, 0.0))
-        G.add_node(name, **attrs, score=float(score))
+        G.add_node(name, **attrs, score=float(score), **_role_attributes(circuit, name))
     inclusion = circuit.edge_inclusion
     for i, j in circuit.mask.nonzero().tolist():
         port = graph.destinations[j]
@@ -106,6 +108,19 @@ def _graph_attributes(circuit: Circuit) -> dict[str, Any]:
     faithfulness = circuit.metrics.get("faithfulness")
     if isinstance(faithfulness, int | float) and not isinstance(faithfulness, bool):
         attrs["faithfulness"] = float(faithfulness)
+    return attrs
+
+
+def _role_attributes(circuit: Circuit, name: str) -> dict[str, Any]:
+    """A head's role scores (``circuit.node_roles``, acd.roles) as ``role_<name>`` floats and
+    its badges as one space-separated string ``roles``; nothing for a head without scores."""
+    from acd.roles import role_badges
+
+    scores = circuit.node_roles.get(name)
+    if not scores:
+        return {}
+    attrs: dict[str, Any] = {f"role_{role}": float(v) for role, v in scores.items()}
+    attrs["roles"] = " ".join(role_badges(scores))
     return attrs
 
 

@@ -39,16 +39,19 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
             else ""
         ),
         *([f"- Trust: {trust}"] if (trust := trust_line(m, unit)) else []),
+        *_roles_line(circuit),
         f"- Created: {circuit.created or 'n/a'}",
         "",
         f"## Top {top} kept edges by |score|",
+        "",
+        _sign_sentence(circuit),
         "",
         "| # | source | destination | score |",
         "|---|---|---|---|",
     ]
     if circuit.level == "node" and not bool(circuit.scores.any()):
         # exact node patching measures nodes only; its edges carry no scores to rank
-        lines[-4:] = ["(The method measured nodes only: the edges carry no scores.)"]
+        lines[-6:] = ["(The method measured nodes only: the edges carry no scores.)"]
     else:
         for rank, (src, dst, score) in enumerate(_top_edges(circuit, top), start=1):
             lines.append(f"| {rank} | {src} | {dst} | {score:.4g} |")
@@ -120,3 +123,37 @@ def _num(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "n/a" if value is None else str(value)
     return f"{value:.4g}"
+
+
+def _sign_sentence(circuit: Circuit) -> str:
+    """What a score's sign means for this circuit's metric, in words (acd.diagram's colours)."""
+    from acd.diagram import needed_sign
+
+    if needed_sign(circuit) > 0:
+        return (
+            "A score is how much patching the edge changes the metric, a distance to the full "
+            "model: positive means removing the edge raises it — the behaviour needs the edge "
+            "(red in the diagram); negative means the edge works against the behaviour (blue)."
+        )
+    return (
+        "A score is M(patched) − M(clean), the change in the metric when the edge is removed: "
+        "negative means removing the edge lowers the metric — the behaviour needs the edge "
+        "(red in the diagram), not that it inhibits anything; positive means the edge works "
+        "against the behaviour (blue)."
+    )
+
+
+def _roles_line(circuit: Circuit) -> list[str]:
+    """The kept heads that have a role badge (acd.roles), e.g. ``a1.h2 prev, a2.h0 ind``."""
+    from acd.roles import ROLE_THRESHOLD, role_badges
+
+    kept = set(circuit.kept_sources)
+    named = [
+        f"{name} {' '.join(badges)}"
+        for name, scores in circuit.node_roles.items()
+        if name in kept and (badges := role_badges(scores))
+    ]
+    if not circuit.node_roles:
+        return []
+    listed = ", ".join(named) if named else "none of the kept heads"
+    return [f"- Head roles (score ≥ {ROLE_THRESHOLD}, acd.roles): {listed}"]

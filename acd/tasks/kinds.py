@@ -128,6 +128,13 @@ class TemplateTask(Task):
         return tuple(prefix + item for item in self.lists[spec["list"]] if compare(int(item)))
 
     def prompt_pairs(self, n: int, seed: int = 0) -> list[PromptPair]:
+        return [pair for pair, _ in self.prompt_pairs_with_values(n, seed)]
+
+    def prompt_pairs_with_values(
+        self, n: int, seed: int = 0
+    ) -> list[tuple[PromptPair, dict[str, str]]]:
+        """``prompt_pairs(n, seed)``, each with the value of every template variable it was
+        filled with (so that a caller can find where each variable sits, e.g. acd.roles)."""
         rng = random.Random(f"{self.name}:{seed}")
         pairs = []
         for _ in range(n):
@@ -140,14 +147,13 @@ class TemplateTask(Task):
             else:
                 answers = tuple(a.format(**values) for a in self.answer)
                 wrongs = tuple(w.format(**values) for w in self.wrong)
-            pairs.append(
-                PromptPair(
-                    clean=prefix + clean_t.format(**values),
-                    corrupted=prefix + corrupt_t.format(**values),
-                    answers=answers,
-                    wrongs=wrongs,
-                )
+            pair = PromptPair(
+                clean=prefix + clean_t.format(**values),
+                corrupted=prefix + corrupt_t.format(**values),
+                answers=answers,
+                wrongs=wrongs,
             )
+            pairs.append((pair, values))
         return pairs
 
 
