@@ -193,7 +193,12 @@ class Circuit:
         return node_names(kept_nodes(self.mask, self.graph), self.graph)
 
     def save(
-        self, out_dir: str | Path, *, formats: tuple[str, ...] = ("svg",), max_edges: int = 300
+        self,
+        out_dir: str | Path,
+        *,
+        formats: tuple[str, ...] = ("svg",),
+        max_edges: int = 300,
+        attention: dict | None = None,
     ) -> SavedFiles:
         """Write circuit.json, circuit.graphml, circuit.nodelink.json, summary.md, circuit.dot
         and the diagram (``formats``: svg, png, pdf) into ``out_dir``; see
@@ -202,7 +207,9 @@ class Circuit:
         # replace acd.export.save_circuit).
         from acd.export import save_circuit
 
-        return save_circuit(self, out_dir, formats=formats, max_edges=max_edges)
+        return save_circuit(
+            self, out_dir, formats=formats, max_edges=max_edges, attention=attention
+        )
 
     def summary_markdown(self) -> str:
         """The summary.md text: what was run, size, faithfulness, time, top edges (see
@@ -220,9 +227,8 @@ class Circuit:
     def __repr__(self) -> str:
         f = self.metrics.get("faithfulness")
         faith = f" faithfulness={f:.3f}" if isinstance(f, float) else ""
-        nodes = (
-            f"nodes={len(self.kept_sources)}/{self.graph.n_src} " if self.level == "node" else ""
-        )
+        components = [name for name in self.kept_sources if name != "input"]
+        nodes = f"nodes={len(components)}/{self.graph.n_src - 1} " if self.level == "node" else ""
         return (
             f"Circuit(task={self.task!r}, model={self.model!r}, method={self.method!r}, "
             f"{nodes}edges={self.n_edges}/{self.graph.n_edges}{faith})"

@@ -54,7 +54,7 @@ import torch
 from acd.atomic import atomic_paths
 from acd.errors import AcdError
 from acd.evaluate import CircuitEvaluation, evaluate_circuits
-from acd.nodes import induced_edges
+from acd.nodes import induced_edges, n_selectable, selectable_nodes, with_input
 from acd.search import select_topn
 
 if TYPE_CHECKING:
@@ -178,8 +178,10 @@ def faithfulness_curve(
     f = 1 and 0 % has f = 0 exactly).
 
     Node-level curve: given node scores [n_src] (``acd.attribution.node_scores``), each point
-    keeps the top floor(p / 100 * n_src) source nodes instead and evaluates every edge between
-    them (``acd.nodes.induced_edges``: each removed node patched on all its outgoing edges).
+    keeps the top floor(p / 100 * (n_src - 1)) heads and MLPs instead, with ``input``, and
+    evaluates every edge between them (``acd.nodes.induced_edges``: each removed node patched
+    on all its outgoing edges); 0 % is then the direct input -> logits path, not the empty
+    circuit, so its f need not be 0.
 
     Args:
         scores: [n_src, n_dst] edge scores (``acd.attribute``), or [n_src] node scores.
@@ -195,12 +197,15 @@ def faithfulness_curve(
         )
     percents = tuple(float(p) for p in percents)
     if by_node:
-        counts = edge_counts(percents, graph.n_src)
-        every = torch.ones(graph.n_src, 1, dtype=torch.bool)
+        counts = edge_counts(percents, n_selectable(graph))
+        among = selectable_nodes(graph)[:, None]
         column = scores.reshape(-1, 1)
         masks = torch.stack(
             [
-                induced_edges(select_topn(column, every, n, absolute=absolute)[:, 0], graph)
+                induced_edges(
+                    with_input(select_topn(column, among, n, absolute=absolute)[:, 0], graph),
+                    graph,
+                )
                 for n in counts
             ]
         )

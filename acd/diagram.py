@@ -427,8 +427,11 @@ def _title_label(
     name = " · ".join(_html(s) for s in (circuit.task, circuit.model, circuit.method))
     size = f"{n_kept:,} of {graph.n_edges:,} edges kept"
     if circuit.level == "node":
-        n_nodes = len(circuit.kept_sources)
-        size = f"{n_nodes:,} of {graph.n_src:,} nodes kept ({n_kept:,} edges between them)"
+        n_nodes = len([name for name in circuit.kept_sources if name != "input"])
+        size = (
+            f"{n_nodes:,} of {graph.n_src - 1:,} heads and MLPs kept "
+            f"({n_kept:,} edges between them and input)"
+        )
     counts = f"{size} · faithfulness {_faithfulness_text(circuit.metrics)}"
     rows = [
         f'<TR><TD><FONT POINT-SIZE="18"><B>{name}</B></FONT></TD></TR>',

@@ -42,7 +42,7 @@ from acd.models import ModelAdapter, load_model, weights_sha256
 from acd.nodes import (
     check_level,
     induced_edges,
-    kept_nodes,
+    kept_components,
     node_scores_by_name,
 )
 from acd.roles import head_role_scores, roles_apply
@@ -154,9 +154,10 @@ def discover(
         level: ``edge`` (default) keeps edges; ``node`` keeps whole source nodes (input,
             heads, MLPs; acd.nodes): a scoring method scores each node (patched on all its
             outgoing edges; a gradient method sums its edge scores, exact measures the node
-            patch), ``select`` keeps nodes (``TopN(n)`` counts nodes, default
+            patch), ``select`` keeps heads and MLPs (``TopN(n)`` counts them, default
             ``acd.nodes.default_nodes``; ``Threshold(t)`` compares node scores; greedy is
-            refused) and the circuit is every edge between kept nodes (``induced_edges``),
+            refused; ``input`` is always kept) and the circuit is every edge between kept
+            nodes (``induced_edges``),
             evaluated with every edge out of a removed node patched. The searches are
             edge-level only.
         run: RunConfig (metric, ablation, batch_size, device, dtype, progress, force).
@@ -267,9 +268,9 @@ def discover(
     evaluation = evaluate_with(runner, mask.unsqueeze(0))[0]
     metrics = evaluation.summary()
     metrics["n_selected"] = int(selected.sum())
-    if by_node:
-        metrics["n_selected_nodes"] = int(kept_nodes(selected, graph).sum())
-        metrics["n_nodes"] = int(kept_nodes(mask, graph).sum())
+    if by_node:  # heads and MLPs (input is always kept)
+        metrics["n_selected_nodes"] = int(kept_components(selected, graph).sum())
+        metrics["n_nodes"] = int(kept_components(mask, graph).sum())
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     node_roles: dict[str, dict[str, float]] = {}
     if run.roles and roles_apply(model):
@@ -331,7 +332,7 @@ def _trust_report(
         sub = _runner_like(runner, first, method)
         if by_node:
             sub_nodes = method.score_nodes(sub, progress=False)[0]
-            found = node_fidelity(sub, sub_nodes, kept_nodes(selected, graph))
+            found = node_fidelity(sub, sub_nodes, kept_components(selected, graph))
         else:
             found = fidelity(sub, method.score(sub, progress=False), selected)
     resamples = run.resamples if run.resamples is not None else (RESAMPLES if gradient else 0)
@@ -340,8 +341,8 @@ def _trust_report(
         masks.append(_refound(runner, batch.select(rows), method, selection, prune, by_node))
     stable = stability(masks, mask, RESAMPLE_FRACTION) if masks else None
     if stable is not None and by_node:
-        nodes = [kept_nodes(m, graph) for m in masks]
-        by_nodes = stability(nodes, kept_nodes(mask, graph), RESAMPLE_FRACTION)
+        nodes = [kept_components(m, graph) for m in masks]
+        by_nodes = stability(nodes, kept_components(mask, graph), RESAMPLE_FRACTION)
         stable = replace(by_nodes, inclusion=stable.inclusion)
     return TrustReport(fidelity=found, stability=stable, seconds=time.perf_counter() - start)
 

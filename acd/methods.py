@@ -358,25 +358,29 @@ class TopN:
         return select_topn(scores, graph.valid, self.size(graph), absolute=self.absolute)
 
     def sized_nodes(self, graph: ComputeGraph) -> TopN:
-        """This selection over source nodes (``n`` nodes; None: ``acd.nodes.default_nodes``),
+        """This selection over heads and MLPs (``n`` of them; None: ``acd.nodes.default_nodes``),
         checked against ``graph``."""
-        from acd.nodes import default_nodes
+        from acd.nodes import default_nodes, n_selectable
 
         n = default_nodes(graph) if self.n is None else self.n
-        if not 0 <= n <= graph.n_src:
+        most = n_selectable(graph)
+        if not 0 <= n <= most:
             raise AcdError(
-                f"cannot keep {n} nodes: the graph has {graph.n_src} (choose 0..{graph.n_src})"
+                f"cannot keep {n} nodes: the graph has {most} heads and MLPs (choose 0..{most})"
             )
         return type(self)(n, self.absolute)
 
     def select_nodes(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
-        """The ``n`` best source nodes: scores [n_src] -> [n_src] bool (ties by index)."""
+        """The ``n`` best heads and MLPs, and ``input``: scores [n_src] -> [n_src] bool (ties by
+        index; acd.nodes)."""
+        from acd.nodes import selectable_nodes, with_input
         from acd.search import select_topn
 
         n = self.sized_nodes(graph).n
         assert n is not None  # sized_nodes fills it in
-        every = torch.ones(graph.n_src, 1, dtype=torch.bool)
-        return select_topn(scores.reshape(-1, 1), every, n, absolute=self.absolute)[:, 0]
+        among = selectable_nodes(graph)[:, None]
+        kept = select_topn(scores.reshape(-1, 1), among, n, absolute=self.absolute)[:, 0]
+        return with_input(kept, graph)
 
     def params(self) -> dict[str, Any]:
         return {"edges": self.n, "selection": self.name, "absolute": self.absolute}
@@ -431,11 +435,13 @@ class Threshold:
         return self
 
     def select_nodes(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
-        """Every source node scoring at least ``t``: scores [n_src] -> [n_src] bool."""
+        """Every head and MLP scoring at least ``t``, and ``input``: [n_src] -> [n_src] bool."""
+        from acd.nodes import selectable_nodes, with_input
         from acd.search import select_threshold
 
-        every = torch.ones(graph.n_src, 1, dtype=torch.bool)
-        return select_threshold(scores.reshape(-1, 1), every, self.t, absolute=self.absolute)[:, 0]
+        among = selectable_nodes(graph)[:, None]
+        kept = select_threshold(scores.reshape(-1, 1), among, self.t, absolute=self.absolute)
+        return with_input(kept[:, 0], graph)
 
     def params(self) -> dict[str, Any]:
         return {

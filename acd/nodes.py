@@ -9,7 +9,8 @@ et al. 2023's node ACDC) mean by removing a head. Everything downstream stays ed
                              over prompts (``acd.attribution.node_scores``): measured by
                              ``exact``, estimated by the gradient methods as the sum of u's edge
                              scores (exactly their first-order estimate of the node patch)
-    kept [n_src] bool        a selection of the node scores (``TopN``/``Threshold`` on nodes)
+    kept [n_src] bool        a selection of the node scores among the heads and MLPs
+                             (``TopN``/``Threshold`` on nodes), plus ``input``, always kept
     induced edges            ``induced_edges(kept)``: every valid edge from a kept node into a
                              port read by a kept node (or into logits) — the [n_src, n_dst] mask
                              the circuit is evaluated, pruned, exported and drawn with
@@ -40,11 +41,34 @@ def check_level(level: str) -> str:
     return level
 
 
+def selectable_nodes(graph: ComputeGraph) -> torch.Tensor:
+    """[n_src] bool: the nodes a node-level selection chooses among, every head and MLP.
+
+    ``input`` is always kept (as ``logits`` is): a circuit of components reads the prompt, and
+    without it every kept node would lie on no input -> logits path and pruning would empty
+    the circuit (Wang et al.'s and MIB's node circuits are sets of heads and MLPs too)."""
+    out = torch.ones(graph.n_src, dtype=torch.bool)
+    out[graph.src_input()] = False
+    return out
+
+
+def with_input(kept: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
+    """``kept`` [n_src] bool with ``input`` added."""
+    kept = _checked_nodes(kept, graph).clone()
+    kept[graph.src_input()] = True
+    return kept
+
+
+def n_selectable(graph: ComputeGraph) -> int:
+    """How many heads and MLPs a node-level circuit can keep."""
+    return graph.n_src - 1
+
+
 def default_nodes(graph: ComputeGraph) -> int:
-    """The node-level circuit size ``discover`` keeps when given none: a quarter of the source
-    nodes, at most 50 (the embedded model: 5 of its 21; GPT-2 small: 39 of 157, about the
+    """The node-level circuit size ``discover`` keeps when given none: a quarter of the heads
+    and MLPs, at most 50 (the embedded model: 5 of its 20; GPT-2 small: 39 of 156, about the
     size of Wang et al.'s 26-head IOI circuit with its MLPs)."""
-    return min(50, max(1, graph.n_src // 4))
+    return min(50, max(1, n_selectable(graph) // 4))
 
 
 def port_read_by(kept: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
@@ -63,6 +87,11 @@ def induced_edges(kept: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
     from a kept source into a port of a kept node or into logits."""
     kept = _checked_nodes(kept, graph)
     return graph.valid & kept[:, None] & port_read_by(kept, graph)[None, :]
+
+
+def kept_components(mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
+    """``kept_nodes`` without ``input``: the heads and MLPs a circuit keeps, [n_src] bool."""
+    return kept_nodes(mask, graph) & selectable_nodes(graph)
 
 
 def kept_nodes(mask: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:

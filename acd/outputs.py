@@ -46,16 +46,16 @@ def render_stem(out: str | None, circuit_file: str) -> Path:
     return Path(out) if out else Path(circuit_file).with_suffix("")
 
 
-def save_or_rescue(circuit, out: Path, formats: tuple[str, ...]):
-    """Save the run into ``out`` (``Circuit.save``; returns its SavedFiles); if that fails after
-    all (the folder was checked before the work, but a disk can fill up or permissions change),
-    save it into a new temporary folder instead and say where (AcdError), so that a finished
-    result is never lost."""
+def save_or_rescue(circuit, out: Path, formats: tuple[str, ...], attention: dict | None = None):
+    """Save the run into ``out`` (``Circuit.save``, with the page's ``attention`` patterns;
+    returns its SavedFiles); if that fails after all (the folder was checked before the work,
+    but a disk can fill up or permissions change), save it into a new temporary folder instead
+    and say where (AcdError), so that a finished result is never lost."""
     try:
-        return circuit.save(out, formats=formats)
+        return circuit.save(out, formats=formats, attention=attention)
     except OSError as err:
         rescue = Path(tempfile.mkdtemp(prefix="acd-rescued-"))
-        circuit.save(rescue, formats=formats)
+        circuit.save(rescue, formats=formats, attention=attention)
         raise AcdError(
             f"could not write into {out} ({err.strerror or err}); the circuit was saved to "
             f"{rescue}/ instead"

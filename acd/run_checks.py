@@ -35,8 +35,11 @@ def check_graph_size(
     n_edges, n_src = graph.n_edges, graph.n_src
     if edges is not None and edges > n_edges:
         raise AcdError(f"cannot keep {edges} edges: the graph has {n_edges} (choose 0..{n_edges})")
-    if nodes is not None and nodes > n_src:
-        raise AcdError(f"cannot keep {nodes} nodes: the graph has {n_src} (choose 0..{n_src})")
+    if nodes is not None and nodes > n_src - 1:  # heads and MLPs: input is always kept
+        most = n_src - 1
+        raise AcdError(
+            f"cannot keep {nodes} nodes: the graph has {most} heads and MLPs (choose 0..{most})"
+        )
     if candidates is not None and candidates > n_edges:
         raise AcdError(f"--candidates {candidates}: the graph has only {n_edges} edges")
 

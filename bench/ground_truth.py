@@ -91,7 +91,8 @@ def measure(name: str, ablation: str, prompts: int) -> list[dict]:
     base["true"] = n_true
     run = acd.RunConfig(ablation=ablation, progress=False)
     rows = []
-    true_nodes = int(truth.any(dim=1).sum())
+    # heads and MLPs of the true circuit (node-level TopN counts them; input is always kept)
+    true_nodes = int(truth.any(dim=1)[1:].sum())
     node_rows = [
         (f"{m.name} nodes", m, TopN(true_nodes), "node") for m in (EAP(), EAPIG(), Exact())
     ]

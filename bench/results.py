@@ -91,7 +91,7 @@ def measure_task(model, task_name: str, prompts: int, out_dir: Path) -> list[dic
         row = dict(
             label=label,
             level=circuit.level,
-            nodes=len(circuit.kept_sources),
+            nodes=m.get("n_nodes", 0),
             edges=circuit.n_edges,
             percent=100 * circuit.n_edges / graph.n_edges,
             faithfulness=test.faithfulness,

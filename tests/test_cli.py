@@ -295,7 +295,7 @@ def test_a_failed_save_is_rescued_into_a_temporary_folder(tmp_path):
 
         saved: list = []
 
-        def save(self, out_dir, *, formats):
+        def save(self, out_dir, *, formats, attention=None):
             if Path(out_dir) == tmp_path:
                 raise OSError(28, "No space left on device")
             self.saved.append((Path(out_dir), formats))

@@ -24,6 +24,8 @@ RUN_FILES = {
     "summary.md",
     "circuit.dot",
     "circuit.svg",
+    "circuit.html",
+    "attention.json",
 }
 
 
@@ -57,7 +59,7 @@ def test_discover_writes_every_file_into_the_default_folder(ioi_run):
     assert (circuit.task, circuit.model, circuit.method) == ("ioi", "toy", "eap-ig")
     assert 0 < circuit.n_edges <= 20 and len(circuit.model_sha256) == 64
     stdout = (ioi_run / "stdout.txt").read_text()
-    assert f"Edges kept: {circuit.n_edges} of 479" in stdout and "wrote 6 files" in stdout
+    assert f"Edges kept: {circuit.n_edges} of 479" in stdout and "wrote 8 files" in stdout
     # The networkx files hold exactly the circuit's edges, q/k/v apart.
     for name in ("circuit.graphml", "circuit.nodelink.json"):
         graph = read_networkx(ioi_run / name)
@@ -205,6 +207,10 @@ def test_curve_writes_the_chart_and_areas(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "c.png").exists() and (tmp_path / "c.svg").exists()
     assert "CPR" in result.stdout and "479 (100 %)" in result.stdout
+    # c.json: each method's curve, for `acd render --format html --curve c.json`
+    curves = json.loads((tmp_path / "c.json").read_text())
+    assert curves["format"] == "acd-curves" and list(curves["curves"]) == ["eap"]
+    assert curves["curves"]["eap"]["n_edges"][-1] == 479
 
 
 @pytest.mark.parametrize(
@@ -333,7 +339,7 @@ def test_torchrun_with_two_processes_finds_the_same_circuit(method, tmp_path):
         env=env,
     )
     assert dist.returncode == 0, dist.stderr[-2000:]
-    assert dist.stdout.count("wrote 6 files") == 1  # only rank 0 writes and prints
+    assert dist.stdout.count("wrote 8 files") == 1  # only rank 0 writes and prints
     single = acd_cli(*args, "--out", "one", cwd=tmp_path)
     assert single.returncode == 0, single.stderr
     a, b = (

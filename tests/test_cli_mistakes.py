@@ -133,7 +133,7 @@ DISCOVER_MISTAKES: list[tuple[str, list[str], str]] = [
     ("negative --tau", ["ioi", "--method", "acdc", "--tau", "-1"], "tau must be >= 0"),
     ("--nodes at edge level", ["ioi", "--nodes", "3"], "--nodes applies to --level node"),
     ("--edges at node level", ["ioi", "--level", "node", "--edges", "3"], "give --nodes N"),
-    ("more nodes than the graph", ["ioi", "--level", "node", "--nodes", "99"], "keep 99 nodes"),
+    ("more nodes than the graph", ["ioi", "--level", "node", "--nodes", "21"], "keep 21 nodes"),
     ("node-level acdc", ["ioi", "--level", "node", "--method", "acdc", "--tau", "1"], "edge-lev"),
     ("node-level greedy", ["ioi", "--level", "node", "--selection", "greedy"], "greedy grows"),
     ("--nodes with acdc", ["ioi", "--method", "acdc", "--tau", "1", "--nodes", "3"], "--nodes"),

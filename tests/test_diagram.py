@@ -361,11 +361,13 @@ def test_a_node_level_circuit_shows_node_scores_and_counts_nodes():
     scores = {"input": -1.5, "a0.h0": 0.25, "a1.h0": 2.0, "m1": -0.5}
     circuit = make_circuit(SMALL, SMALL_EDGES, level="node", node_scores=scores)
     dot = circuit_dot(circuit)
-    kept = len(circuit.kept_sources)
-    assert f"{kept} of {circuit.graph.n_src} nodes kept ({len(SMALL_EDGES)} edges between" in dot
+    kept = len(circuit.kept_sources) - 1  # heads and MLPs; input is always kept
+    assert (
+        f"{kept} of {circuit.graph.n_src - 1} heads and MLPs kept ({len(SMALL_EDGES)} edges" in dot
+    )
     assert 'label="input -1.5"' in dot and "<B>a0.h0 +0.25</B>" in dot
     assert 'label="m1 -0.5"' in dot
     assert "node level: each kept node shows its score" in dot
     # the same circuit at edge level shows no node scores
     edge_level = circuit_dot(make_circuit(SMALL, SMALL_EDGES, node_scores=scores))
-    assert 'label="input"' in edge_level and "nodes kept" not in edge_level
+    assert 'label="input"' in edge_level and "MLPs kept" not in edge_level

@@ -499,6 +499,7 @@ def test_circuit_save_goes_through_the_package_and_leaves_nothing_on_failure(tmp
         "circuit.nodelink.json",
         "summary.md",
         "circuit.dot",
+        "circuit.html",
     ]
     assert saved.note is None and circuit.to_networkx().number_of_edges() == len(EDGES)
 

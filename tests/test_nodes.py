@@ -146,20 +146,20 @@ def test_exact_node_scores_are_single_node_replacements(name, request):
         torch.testing.assert_close(scores[u], expected, rtol=1e-7, atol=1e-10)
 
 
-def test_topn_and_threshold_select_nodes_by_a_plain_sort():
+def test_topn_and_threshold_select_heads_and_mlps_by_a_plain_sort_and_keep_input():
     graph = ComputeGraph(GraphShape(n_layers=2, n_heads=2, n_kv_heads=2))
-    scores = torch.tensor([0.5, -3.0, 2.0, 0.0, -1.0, 2.0, 0.1])
-    assert len(scores) == graph.n_src
-    order = sorted(range(graph.n_src), key=lambda i: (-abs(float(scores[i])), i))
-    for n in range(graph.n_src + 1):
+    scores = torch.tensor([9.0, -3.0, 2.0, 0.0, -1.0, 2.0, 0.1])  # index 0 is input
+    assert len(scores) == graph.n_src and graph.sources[0].name == "input"
+    order = sorted(range(1, graph.n_src), key=lambda i: (-abs(float(scores[i])), i))
+    for n in range(graph.n_src):
         got = TopN(n).select_nodes(scores, graph)
-        assert sorted(got.nonzero().flatten().tolist()) == sorted(order[:n])
+        assert sorted(got.nonzero().flatten().tolist()) == sorted([0, *order[:n]])
     signed = TopN(2, absolute=False).select_nodes(scores, graph)
-    assert signed.nonzero().flatten().tolist() == [2, 5]
+    assert signed.nonzero().flatten().tolist() == [0, 2, 5]
     threshold = acd.methods.Threshold(1.0).select_nodes(scores, graph)
-    assert threshold.nonzero().flatten().tolist() == [1, 2, 4, 5]
-    with pytest.raises(AcdError, match="cannot keep 8 nodes"):
-        TopN(8).select_nodes(scores, graph)
+    assert threshold.nonzero().flatten().tolist() == [0, 1, 2, 4, 5]
+    with pytest.raises(AcdError, match="cannot keep 7 nodes: the graph has 6 heads and MLPs"):
+        TopN(7).select_nodes(scores, graph)
     with pytest.raises(AcdError, match="greedy"):
         acd.methods.Greedy(2).select_nodes(scores, graph)
 
@@ -176,13 +176,13 @@ def test_discover_at_node_level(toy, method):
     graph = circuit.graph
     assert circuit.level == "node" and circuit.params["nodes"] == 4
     scores = torch.tensor([circuit.node_scores[s.name] for s in graph.sources])
-    top = sorted(range(graph.n_src), key=lambda i: (-abs(float(scores[i])), i))[:4]
+    top = sorted(range(1, graph.n_src), key=lambda i: (-abs(float(scores[i])), i))[:4]
     kept = torch.zeros(graph.n_src, dtype=torch.bool)
-    kept[top] = True
+    kept[[0, *top]] = True  # input is always kept
     assert circuit.metrics["n_selected"] == int(induced_edges(kept, graph).sum())
     assert torch.equal(circuit.mask, acd.search.prune_dangling(induced_edges(kept, graph), graph))
-    assert set(circuit.kept_sources) <= {graph.sources[i].name for i in top}
-    assert circuit.metrics["n_nodes"] == len(circuit.kept_sources)
+    assert set(circuit.kept_sources) <= {"input", *(graph.sources[i].name for i in top)}
+    assert circuit.metrics["n_nodes"] == len(circuit.kept_sources) - 1
     if method == "exact":
         assert not bool(circuit.scores.any())  # nodes measured, no edge scores
     else:
@@ -257,15 +257,15 @@ def test_node_curve_points_are_the_induced_circuits(name, request):
     percents = (0, 20, 50, 100)
     curve = faithfulness_curve(gpt2, graph, batch, scores, percents=percents)
     assert curve.level == "node"
-    counts = [math.floor(p * graph.n_src / 100 + 1e-9) for p in percents]
+    counts = [math.floor(p * (graph.n_src - 1) / 100 + 1e-9) for p in percents]
     assert list(curve.n_edges) == counts
-    order = sorted(range(graph.n_src), key=lambda i: (-abs(float(scores[i])), i))
+    order = sorted(range(1, graph.n_src), key=lambda i: (-abs(float(scores[i])), i))
     for n, f in zip(counts, curve.faithfulness):
         kept = torch.zeros(graph.n_src, dtype=torch.bool)
-        kept[order[:n]] = True
+        kept[[0, *order[:n]]] = True  # input always, then the top n heads and MLPs
         expected = evaluate_circuit(gpt2, graph, batch, induced_edges(kept, graph)).faithfulness
         assert f == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert curve.faithfulness[0] == 0 and curve.faithfulness[-1] == pytest.approx(1.0)
+    assert curve.faithfulness[-1] == pytest.approx(1.0)
 
 
 def test_the_command_line_writes_node_level_circuits_and_curves(tmp_path, capsys):
@@ -277,15 +277,16 @@ def test_the_command_line_writes_node_level_circuits_and_curves(tmp_path, capsys
     assert main([*argv, "--prompts", "8", "--out", str(out), "--quiet", "--no-trust"]) == 0
     circuit = load_circuit(out / "circuit.json")
     assert circuit.level == "node" and circuit.params["nodes"] == 4
-    assert len(circuit.kept_sources) <= 4
+    components = len(circuit.kept_sources) - 1  # input is always kept
+    assert components <= 4 and circuit.metrics["n_nodes"] == components
     summary = (out / "summary.md").read_text()
-    assert f"Nodes kept (node level): {len(circuit.kept_sources)} of 21" in summary
+    assert f"Nodes kept (node level): {components} of 20 heads and MLPs" in summary
     assert "the edges carry no scores" in summary
-    assert f"{len(circuit.kept_sources)} of 21 nodes kept" in (out / "circuit.dot").read_text()
+    assert f"{components} of 20 heads and MLPs kept" in (out / "circuit.dot").read_text()
 
     stem = tmp_path / "curve"
     argv = ["curve", "ioi", "--level", "node", "--methods", "eap", "--prompts", "8"]
     assert main([*argv, "--out", str(stem)]) == 0
     printed = capsys.readouterr().out
-    assert "nodes kept by |score|" in printed and "21 (100 %)" in printed
+    assert "nodes kept by |score|" in printed and "20 (100 %)" in printed
     assert (tmp_path / "curve.svg").is_file()

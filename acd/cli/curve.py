@@ -1,9 +1,12 @@
-"""``acd curve``: chart faithfulness against circuit size for edge-scoring methods."""
+"""``acd curve``: chart faithfulness against circuit size for edge-scoring methods, and write
+the curves as JSON (<stem>.json, for ``acd render --format html --curve``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from acd.cli.common import load_command_model, quiet_transformers, table
@@ -48,11 +51,25 @@ def cmd_curve(args: argparse.Namespace) -> int:
     unit = "nodes" if args.level == "node" else "edges"
     title = f"{task.name} on {model.name}: faithfulness by {unit} kept (|score| order)"
     paths = plot_faithfulness(curves, stem, title=title)
+    paths.append(_write_curves_json(curves, stem, task=task.name, model=model.name))
     print(table(rows))
     print(f"\nfaithfulness at each point ({unit} kept by |score|):")
     print(table(_points_table(curves, methods, unit)))
     print("\nwrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _write_curves_json(curves: dict, stem: Path, *, task: str, model: str) -> Path:
+    """<stem>.json: every method's ``FaithfulnessCurve.summary()`` (non-finite values as null),
+    the file ``acd render --format html --curve`` reads (it takes the circuit's method's
+    curve if the file has one, else the first)."""
+    from acd.atomic import atomic_write
+    from acd.export.html_page import curves_document
+
+    summaries = {method: curve.summary() for method, curve in curves.items()}
+    doc = curves_document(summaries, task=task, model=model)
+    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    return atomic_write(stem.with_name(stem.name + ".json"), text)
 
 
 def _methods(text: str) -> list[str]:

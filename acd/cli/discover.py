@@ -44,9 +44,25 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0
     _print_warnings(caught)
-    saved = save_or_rescue(circuit, out, diagram_formats(args.format))
+    attention = _attention(task, model, args.seed)
+    saved = save_or_rescue(circuit, out, diagram_formats(args.format), attention)
     _print_saved(circuit, saved, out)
     return 0
+
+
+# The prompts whose attention patterns circuit.html shows (attention.json).
+ATTENTION_PROMPTS = 3
+
+
+def _attention(task, model, seed: int) -> dict:
+    """Every head's attention pattern on ATTENTION_PROMPTS of the task's prompts, for
+    circuit.html (clicking a head shows it) and attention.json."""
+    from acd.export.html_page import attention_examples
+    from acd.heldout import available_prompts
+
+    n = min(ATTENTION_PROMPTS, available_prompts(task) or ATTENTION_PROMPTS)
+    batch = task.make_batch(model.tokenizer, n, seed=seed).to(model.device)
+    return attention_examples(model, batch, n_prompts=n)
 
 
 # Options that only some methods read; given with another method they are refused, not ignored.
@@ -174,5 +190,8 @@ def _print_saved(circuit, saved, out) -> None:
     diagrams = [p for p in saved.paths if p.suffix in (".svg", ".png", ".pdf")]
     if diagrams:
         print(f"diagram: {diagrams[0]}")
+    pages = [p for p in saved.paths if p.suffix == ".html"]
+    if pages:
+        print(f"interactive page: {pages[0]} (open it in a browser)")
     if saved.note:
         print(saved.note)

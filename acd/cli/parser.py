@@ -41,16 +41,18 @@ EXAMPLES = {
     "render": (
         "examples:\n"
         "  acd render graphs/toy/ioi/eap-ig/circuit.json             # -> circuit.svg beside it\n"
-        "  acd render circuit.json --format png --format pdf --out figures/ioi"
+        "  acd render circuit.json --format png --format pdf --out figures/ioi\n"
+        "  acd render circuit.json --format html --curve ioi_curve.json  # -> circuit.html"
     ),
     "compare": (
         "examples:\n"
         "  acd compare out/toy/ioi/eap/circuit.json graphs/toy/ioi/eap-ig/circuit.json\n"
-        "  acd compare found.json graphs/reference/gpt2-small/ioi.json"
+        "  acd compare found.json graphs/reference/gpt2-small/ioi.json\n"
+        "  acd compare found.json graphs/reference/gpt2-small/ioi.json --html found_vs_ioi.html"
     ),
     "curve": (
         "examples:\n"
-        "  acd curve ioi                   # eap, eap-ig, exact -> ioi_curve.png, ioi_curve.svg\n"
+        "  acd curve ioi                   # eap, eap-ig, exact -> ioi_curve.png, .svg, .json\n"
         "  acd curve greater-than --methods eap,eap-ig --prompts 50 --out figures/gt"
     ),
     "export": (
@@ -260,21 +262,32 @@ def _evaluate_command(sub) -> None:
 
 
 def _render_command(sub) -> None:
-    """acd render CIRCUIT: the formats, the path stem, the number of edges drawn."""
-    p = _add_command(sub, "render", "Draw a saved circuit with Graphviz.", cmd_render)
+    """acd render CIRCUIT: the formats, the path stem, the number of edges drawn, the curve of
+    the interactive page."""
+    help_text = "Draw a saved circuit with Graphviz, or as an interactive page (--format html)."
+    p = _add_command(sub, "render", help_text, cmd_render)
     p.add_argument("circuit", help="circuit.json (acd) or an EAP-IG / MIB graph JSON")
     p.add_argument(
         "--format",
         action="append",
-        choices=["svg", "png", "pdf"],
-        help="output format (default svg; repeat for more); the .dot is always written",
+        choices=["svg", "png", "pdf", "html"],
+        help="output format (default svg; repeat for more); the .dot is written with svg, png "
+        "and pdf; html: the interactive page <stem>.html, with the attention patterns of "
+        "attention.json beside the circuit file when there is one",
     )
     p.add_argument("--out", help="path stem of the outputs (default: beside the circuit file)")
     p.add_argument(
         "--max-edges",
         type=_positive_int,
         default=300,
-        help="draw at most this many edges, the largest |score| (300)",
+        help="draw at most this many edges, the largest |score| (300; the diagram only)",
+    )
+    p.add_argument(
+        "--curve",
+        metavar="FILE.json",
+        help="with --format html: a faithfulness curve file of acd curve (<stem>.json); the "
+        "page's size slider shows the measured faithfulness (the curve of the circuit's method "
+        "if the file has one, else its first)",
     )
 
 
@@ -284,6 +297,12 @@ def _compare_command(sub) -> None:
     p.add_argument("a", help="circuit A (circuit.json or EAP-IG JSON)")
     p.add_argument("b", help="circuit B, e.g. a reference circuit from graphs/reference/")
     p.add_argument("--list", type=int, default=20, help="edges listed per side (20)")
+    p.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="also write A's interactive page with B overlaid (edges in both, only in A, only "
+        "in B)",
+    )
 
 
 def _curve_command(sub) -> None:

@@ -15,9 +15,10 @@ the data it draws is one JSON blob in ``<script type="application/json" id="acd-
                  each one after those (kept edges outside the top)
     kept         positions in ``edges`` of the circuit's kept edges; ``inclusion`` their
                  share of the trust report's prompt resamples (or null)
-    effect       how to read a score's sign: the metric the scores were measured with, its
-                 direction and ``needed_sign``, the sign of an edge whose removal lowers the
-                 behaviour (-1 for task metrics such as logit_diff, +1 for kl and l2)
+    effect       how to read a score's sign, as the diagram reads it: the metric the scores
+                 were measured with, its direction, ``needed_sign`` (the sign of an edge whose
+                 removal harms the behaviour: -1 for task metrics such as logit_diff, +1 for
+                 kl and l2) and the diagram's colours for needed / against / zero
     metrics, trust, node_scores, roles, badges, level, curve, reference, attention
 
 Numbers are rounded to 4 significant digits (attention weights to 3 decimals) and every ``<``
@@ -165,7 +166,7 @@ def page_data(
         "extra_ranks": ranks[n_top:],
         "kept": kept,
         "inclusion": inclusion,
-        "effect": score_effect(circuit.params),
+        "effect": score_effect(circuit),
         "metrics": _scalar_metrics(circuit.metrics),
         "trust": trust_line(circuit.metrics, "nodes" if circuit.level == "node" else "edges"),
         "node_scores": {name: _round(v) for name, v in circuit.node_scores.items()},
@@ -217,25 +218,23 @@ def _shape(graph: ComputeGraph) -> dict[str, Any]:
     }
 
 
-def score_effect(params: dict) -> dict[str, Any]:
-    """How the page reads a score's sign: an acd score is M(patched) - M(clean), so removing
-    an edge the behaviour needs lowers a task metric (negative score) and raises a distance
-    from the full model such as kl or l2 (positive score). The metric is the scores' own
-    (``params["metric"]``; a search's is its search metric), else the evaluation metric; an
-    unknown one is read as a task metric, and ``known`` says so."""
-    name = None
-    for key in ("metric", "evaluation_metric"):
-        value = params.get(key)
-        if isinstance(value, str) and value and value != "task":
-            name = value
-            break
-    metric = METRICS.get(name) if name else None
-    direction = metric.direction if metric else "higher"
+def score_effect(circuit: Circuit) -> dict[str, Any]:
+    """How the page reads a score's sign, as the diagram does (``acd.diagram.needed_sign``): an
+    acd score is M(patched) - M(clean), so removing an edge the behaviour needs lowers a task
+    metric (negative score) and raises a distance from the full model, kl or l2 (positive).
+    The metric is the scores' own (``params["metric"]``: a search's is its search metric);
+    ``known`` is False when the file records none (then it is read as a task metric). The
+    colours are the diagram's, so circuit.svg and circuit.html agree."""
+    from acd.diagram import AGAINST_COLOUR, NEEDED_COLOUR, ZERO_COLOUR, needed_sign
+
+    name = circuit.params.get("metric") or circuit.metrics.get("metric")
+    sign = needed_sign(circuit)
     return {
-        "metric": name or "the task metric",
-        "direction": direction,
-        "needed_sign": 1 if direction == "lower" else -1,
-        "known": metric is not None,
+        "metric": name if isinstance(name, str) and name != "task" else "the task metric",
+        "direction": "lower" if sign > 0 else "higher",
+        "needed_sign": sign,
+        "known": isinstance(name, str) and name in METRICS,
+        "colours": {"needed": NEEDED_COLOUR, "against": AGAINST_COLOUR, "zero": ZERO_COLOUR},
     }
 
 
@@ -246,7 +245,7 @@ def _scalar_metrics(metrics: dict) -> dict[str, Any]:
         item = getattr(value, "item", None)
         if getattr(value, "shape", None) == () and callable(item):  # 0-d tensor or array
             value = item()
-        if isinstance(value, bool) or isinstance(value, str):
+        if isinstance(value, (bool, str)):
             out[key] = value
         elif isinstance(value, (int, float)):
             out[key] = value if isinstance(value, int) else _round(float(value))
@@ -390,7 +389,12 @@ def attention_examples(
                 "heads": {name: _pattern_rows(real, name) for name in wanted},
             }
         )
-    return {"format": ATTENTION_FORMAT, "format_version": 1, "model": model.name, "prompts": prompts}
+    return {
+        "format": ATTENTION_FORMAT,
+        "format_version": 1,
+        "model": model.name,
+        "prompts": prompts,
+    }
 
 
 def _pattern_rows(patterns: torch.Tensor, name: str) -> list[list[float]]:
@@ -437,6 +441,8 @@ def read_curve_json(path: str | Path, method: str | None = None) -> dict[str, An
         return check_curve(doc)
     curves = doc.get("curves") if isinstance(doc, dict) else None
     if not isinstance(curves, dict) or not curves:
-        raise AcdError(f"{path}: no curves in it (expected acd curve's .json, format {CURVES_FORMAT!r})")
+        raise AcdError(
+            f"{path}: no curves in it (expected acd curve's .json, format {CURVES_FORMAT!r})"
+        )
     name = method if method in curves else next(iter(curves))
     return check_curve({**curves[name], "method": name})

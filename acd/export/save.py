@@ -1,5 +1,6 @@
 """Saving every file of a run together: the data files (circuit.json, circuit.graphml,
-circuit.nodelink.json, summary.md) and the diagram (circuit.dot and its renderings)."""
+circuit.nodelink.json, summary.md), the diagram (circuit.dot and its renderings) and the
+interactive page (circuit.html)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from acd.circuit import Circuit
 from acd.diagram import write_diagram
 from acd.errors import AcdError
 from acd.export.circuit_json import circuit_json
+from acd.export.html_page import write_attention_json, write_circuit_html
 from acd.export.networkx_graph import nodelink_json, to_networkx
 from acd.export.summary import summary_markdown
 
@@ -53,10 +55,13 @@ def save_circuit(
     *,
     formats: tuple[str, ...] = ("svg",),
     max_edges: int = 300,
+    attention: dict | None = None,
 ) -> SavedFiles:
     """Write every file of a run into ``out_dir``: circuit.json, circuit.graphml,
-    circuit.nodelink.json, summary.md, circuit.dot and the diagram in ``formats``
-    (``acd.diagram.write_diagram``; svg, png, pdf).
+    circuit.nodelink.json, summary.md, circuit.dot, the diagram in ``formats``
+    (``acd.diagram.write_diagram``; svg, png, pdf) and circuit.html, the interactive page
+    (``acd.export.html_page``). ``attention`` (``attention_examples``): the attention patterns
+    the page shows when a head is clicked, also written as attention.json.
 
     All files are first written into a hidden staging folder inside ``out_dir`` and then
     renamed into place one after the other, so an interruption leaves complete files only:
@@ -79,6 +84,9 @@ def save_circuit(
         written = export.write_data_files(circuit, staging)
         diagram = write_diagram(circuit, staging / "circuit", formats, max_edges=max_edges)
         written += diagram.paths
+        written.append(write_circuit_html(circuit, staging / "circuit.html", attention=attention))
+        if attention is not None:
+            written.append(write_attention_json(attention, staging / "attention.json"))
         targets = []
         # Each file is complete (written through acd.atomic); moving it out of the staging
         # folder in the same directory tree is one rename.

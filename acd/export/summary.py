@@ -66,9 +66,10 @@ def _nodes_line(circuit: Circuit) -> list[str]:
     """A node-level circuit's size in nodes (acd.nodes)."""
     if circuit.level != "node":
         return []
-    kept = circuit.kept_sources
-    n_src = circuit.graph.n_src
-    return [f"- Nodes kept (node level): {len(kept)} of {n_src}: {', '.join(kept) or 'none'}"]
+    kept = [name for name in circuit.kept_sources if name != "input"]
+    most = circuit.graph.n_src - 1
+    listed = ", ".join(kept) or "none"
+    return [f"- Nodes kept (node level): {len(kept)} of {most} heads and MLPs: {listed}"]
 
 
 def _node_table(circuit: Circuit) -> list[str]:
