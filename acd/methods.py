@@ -134,20 +134,24 @@ class EAPIG(ScoringMethod):
 @dataclass(frozen=True)
 class EAPIGActivations(ScoringMethod):
     """EAP with the gradient of each edge averaged over ``steps`` runs in which its source's
-    layer slot is interpolated between its patch and clean outputs (MIB's EAP-IG-activations)."""
+    layer slot is interpolated between its patch and clean outputs (MIB's EAP-IG-activations).
+    ``frozen_norms`` as for EAP."""
 
     steps: int = 5
+    _: KW_ONLY
+    frozen_norms: bool = False
     name: ClassVar[str] = "eap-ig-activations"
     summary: ClassVar[str] = "EAP with integrated gradients over each layer's activations"
 
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 1)
+        _check_bool("frozen_norms", self.frozen_norms)
 
     def _score_options(self) -> dict[str, Any]:
-        return {"ig_steps": self.steps}
+        return {"ig_steps": self.steps, **_frozen_norms_option(self.frozen_norms)}
 
     def params(self) -> dict[str, Any]:
-        return {"ig_steps": self.steps}
+        return {"ig_steps": self.steps, **_frozen_norms_option(self.frozen_norms)}
 
     @property
     def memory_kind(self) -> str:
@@ -158,10 +162,21 @@ class EAPIGActivations(ScoringMethod):
 @dataclass(frozen=True)
 class CleanCorrupted(ScoringMethod):
     """EAP with the gradient averaged at the clean and the corrupted run (EAP-IG's two-point
-    variant)."""
+    variant). ``frozen_norms`` as for EAP."""
 
+    _: KW_ONLY
+    frozen_norms: bool = False
     name: ClassVar[str] = "clean-corrupted"
     summary: ClassVar[str] = "EAP with the gradient averaged at the clean and corrupted runs"
+
+    def __post_init__(self) -> None:
+        _check_bool("frozen_norms", self.frozen_norms)
+
+    def _score_options(self) -> dict[str, Any]:
+        return _frozen_norms_option(self.frozen_norms)
+
+    def params(self) -> dict[str, Any]:
+        return _frozen_norms_option(self.frozen_norms)
 
     @property
     def memory_kind(self) -> str:

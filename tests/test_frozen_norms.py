@@ -25,7 +25,16 @@ import acd
 from acd.attribution import AttributionError, attribute
 from acd.errors import AcdError
 from acd.graph import ComputeGraph
-from acd.methods import EAP, EAPIG, Exact, Hybrid, method_from_name, method_from_params
+from acd.methods import (
+    EAP,
+    EAPIG,
+    CleanCorrupted,
+    EAPIGActivations,
+    Exact,
+    Hybrid,
+    method_from_name,
+    method_from_params,
+)
 from acd.metrics import get_metric
 from acd.patching import run_with_gradients
 from acd.tasks import PromptPair, encode_pairs
@@ -236,14 +245,15 @@ def statistics_only_gpt2(tiny_gpt2_dir, tmp_path_factory):
     return acd.load_model(directory, device="cpu", dtype="float64")
 
 
-def test_an_edge_through_the_statistics_only_scores_exactly_zero(statistics_only_gpt2):
+@pytest.mark.parametrize("method", ["eap", "eap-ig", "eap-ig-activations", "clean-corrupted"])
+def test_an_edge_through_the_statistics_only_scores_exactly_zero(statistics_only_gpt2, method):
     model = statistics_only_gpt2
     graph = ComputeGraph.from_model(model)
     batch = tiny_batch(model)
     head = graph.src_head(0, 0)
     out = graph.valid[head]  # every edge out of a0.h0: m0, layer 1's q/k/v/MLP, logits
-    plain = attribute(model, graph, batch, "eap", progress=False)[head, out]
-    frozen = attribute(model, graph, batch, "eap", frozen_norms=True, progress=False)[head, out]
+    plain = attribute(model, graph, batch, method, progress=False)[head, out]
+    frozen = attribute(model, graph, batch, method, frozen_norms=True, progress=False)[head, out]
     assert (frozen == 0).all(), frozen
     assert plain.abs().max() > 1e-4, plain
     # The construction is what it claims: the head's output lies on COORD only.
@@ -318,6 +328,11 @@ def test_methods_record_frozen_norms_only_when_set():
     with pytest.raises(AcdError, match="frozen_norms must be True or False"):
         EAP(frozen_norms="yes")  # type: ignore[arg-type]
     assert method_from_name("exact", frozen_norms=True) == Exact()  # no gradient: no field
+    for cls in (EAPIGActivations, CleanCorrupted):
+        assert cls(frozen_norms=True).params()["frozen_norms"] is True
+        assert method_from_params(cls.name, cls(frozen_norms=True).params()) == cls(
+            frozen_norms=True
+        )
 
 
 def test_exact_and_a_model_without_norms_are_refused(gpt2):

@@ -582,3 +582,33 @@ def test_the_embedded_models_ioi_circuit_shows_real_patterns(browser, tmp_path, 
     assert len(css(browser, "#acd-pattern .acd-cell")) == length * length
     assert [t.text for t in css(browser, ".acd-token-q")] == first["tokens"]
     assert_no_script_errors(browser)
+
+
+GALLERY = Path(__file__).resolve().parents[1] / "graphs" / "toy"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["ioi", "greater-than", "induction"])
+def test_the_gallery_pages_open_with_their_circuit_badges_slider_and_patterns(browser, task):
+    """The committed pages of graphs/ (graphs/regenerate.sh), as a person opens them: every kept
+    edge of the folder's circuit.json drawn, role badges on the heads that have one, the slider
+    growing the circuit, a click on a kept head drawing its pattern, no script error."""
+    from acd.export import load_circuit
+    from acd.roles import role_badges
+
+    folder = GALLERY / task / "eap-ig"
+    circuit = load_circuit(folder / "circuit.json")
+    open_page(browser, folder / "circuit.html")
+    assert browser.execute_script("return acdPage.drawnEdgeCount()") == circuit.n_edges
+    page_text = browser.find_element("tag name", "body").text
+    for name, scores in circuit.node_roles.items():
+        if name in circuit.kept_sources:
+            for badge in role_badges(scores):
+                assert badge in page_text, (name, badge)
+    browser.execute_script(f"acdPage.setSize({circuit.n_edges + 10})")
+    assert browser.execute_script("return acdPage.drawnEdgeCount()") == circuit.n_edges + 10
+    assert "measured at" in css(browser, "#acd-controls")[0].text  # the gallery's curve.json
+    head = next(name for name in circuit.kept_sources if name.startswith("a"))
+    browser.execute_script(f"acdPage.selectHead('{head}')")
+    assert len(css(browser, "#acd-pattern .acd-cell")) > 0
+    assert_no_script_errors(browser)

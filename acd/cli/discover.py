@@ -80,8 +80,9 @@ _METHOD_OPTIONS = {
     # Only the methods whose gradients it changes (exact and acdc take none).
     "--frozen-norms": (
         "frozen_norms",
-        ("eap", "eap-ig", "hybrid"),
-        "the gradient methods (--method eap, eap-ig or hybrid)",
+        ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "hybrid"),
+        "the gradient methods (--method eap, eap-ig, eap-ig-activations, clean-corrupted or "
+        "hybrid)",
     ),
 }
 

@@ -214,7 +214,8 @@ def _discover_command(sub) -> None:
         "--frozen-norms",
         action="store_true",
         default=None,  # None when absent, so that _discover_options can refuse it by method
-        help="eap/eap-ig/hybrid: take gradients with every LayerNorm/RMSNorm's mean and scale "
+        help="the gradient methods (eap, eap-ig, eap-ig-activations, clean-corrupted, hybrid): "
+        "take gradients with every LayerNorm/RMSNorm's mean and scale "
         "held constant (GIM's frozen-norm rule; the forward is unchanged)",
     )
     p.add_argument(
