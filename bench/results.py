@@ -152,8 +152,8 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def _trust_cost(row: dict) -> str:
     """The trust report's seconds and their ratio to the discovery's own."""
-    if row["trust_seconds"] is None:
-        return "–"
+    if row["trust_seconds"] is None or (row["spearman"] is None and row["jaccard"] is None):
+        return "–"  # no report figures (exact and the searches by default): nothing was spent
     ratio = row["trust_seconds"] / row["discovery_seconds"] if row["discovery_seconds"] else 0
     return f"{row['trust_seconds']:.1f} ({ratio:.1f}×)"
 
@@ -164,8 +164,9 @@ def markdown(results: dict[str, list[dict]], prompts: int, model_name: str, tota
         "",
         "Every scoring and selection method on the three shipped tasks and the embedded model "
         f"(`{model_name}`, 479 edges, 21 nodes), produced by `python bench/results.py --prompts "
-        f"{prompts}` ({total / 60:.1f} min on a 2-core CPU). Circuits are found on {prompts} "
-        f"prompts (seed 0); **faithfulness is measured on {prompts} fresh prompts (seed 1)**: "
+        f"{prompts}` ({total / 60:.1f} min on a 2-core CPU shared with other jobs). Circuits "
+        f"are found on {prompts} prompts (seed 0); **faithfulness is measured on {prompts} "
+        "fresh prompts (seed 1)**: "
         "the ratio of means (M(circuit) − M(empty)) / (M(full) − M(empty)), then the per-prompt "
         "mean ± standard deviation and 5th–95th percentiles. CPR (area under f, higher is "
         "better) and CMD (area under |1 − f|, lower is better) are MIB's areas over circuits of "
