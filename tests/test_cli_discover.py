@@ -129,6 +129,7 @@ def _evaluated(capsys, circuit_file: Path, *args: str) -> tuple[str, str]:
     return metric, faithfulness.split()[-1]
 
 
+@pytest.mark.slow  # an ACDC search end to end: the README command and CI run it
 def test_evaluate_an_acdc_circuit_with_the_metric_discover_evaluated_it_with(
     tmp_path, capsys, monkeypatch
 ):
@@ -352,6 +353,7 @@ def test_torchrun_with_two_processes_finds_the_same_circuit(method, tmp_path):
     assert a.metrics["faithfulness"] == pytest.approx(b.metrics["faithfulness"], rel=1e-6)
 
 
+@pytest.mark.slow  # an ACDC search end to end: the README command and CI run it
 def test_discover_checkpoint_is_checked_resumed_and_removed(tmp_path, capsys, monkeypatch):
     """``--checkpoint``: a checkpoint of other weights is one ``acd: error:`` line (exit 2); the
     matching one is resumed, saying so on stderr, and removed once the circuit is complete."""
