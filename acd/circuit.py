@@ -192,6 +192,14 @@ class Circuit:
 
         return node_names(kept_nodes(self.mask, self.graph), self.graph)
 
+    @property
+    def kept_components(self) -> list[str]:
+        """``kept_sources`` without ``input``: the heads and MLPs the circuit keeps (what a
+        node-level circuit's size counts)."""
+        from acd.nodes import kept_components, node_names
+
+        return node_names(kept_components(self.mask, self.graph), self.graph)
+
     def save(
         self,
         out_dir: str | Path,
@@ -227,8 +235,8 @@ class Circuit:
     def __repr__(self) -> str:
         f = self.metrics.get("faithfulness")
         faith = f" faithfulness={f:.3f}" if isinstance(f, float) else ""
-        components = [name for name in self.kept_sources if name != "input"]
-        nodes = f"nodes={len(components)}/{self.graph.n_src - 1} " if self.level == "node" else ""
+        n_nodes = f"{len(self.kept_components)}/{self.graph.n_src - 1}"
+        nodes = f"nodes={n_nodes} " if self.level == "node" else ""
         return (
             f"Circuit(task={self.task!r}, model={self.model!r}, method={self.method!r}, "
             f"{nodes}edges={self.n_edges}/{self.graph.n_edges}{faith})"

@@ -54,7 +54,7 @@ import torch
 from acd.atomic import atomic_paths
 from acd.errors import AcdError
 from acd.evaluate import CircuitEvaluation, evaluate_circuits
-from acd.nodes import induced_edges, n_selectable, selectable_nodes, with_input
+from acd.nodes import induced_edges, n_selectable, top_nodes
 from acd.search import select_topn
 
 if TYPE_CHECKING:
@@ -198,16 +198,8 @@ def faithfulness_curve(
     percents = tuple(float(p) for p in percents)
     if by_node:
         counts = edge_counts(percents, n_selectable(graph))
-        among = selectable_nodes(graph)[:, None]
-        column = scores.reshape(-1, 1)
         masks = torch.stack(
-            [
-                induced_edges(
-                    with_input(select_topn(column, among, n, absolute=absolute)[:, 0], graph),
-                    graph,
-                )
-                for n in counts
-            ]
+            [induced_edges(top_nodes(scores, graph, n, absolute), graph) for n in counts]
         )
     else:
         counts = edge_counts(percents, graph.n_edges)

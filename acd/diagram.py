@@ -186,8 +186,8 @@ def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
         badges = role_badges(circuit.node_roles[name]) if name in circuit.node_roles else []
         lines.append(f"  {_id(name)} [{_node_attrs(graph, name, used_ports, score, badges)}];")
     needed = needed_sign(circuit)
-    labelled = {(e.src, e.dst) for e in _largest_edges(drawn, LABELLED_EDGES)}
-    labelled = labelled if len(drawn) > 0 and largest > 0 else set()
+    # no labels when every drawn score is 0 or not finite: there is no size to read
+    labelled = {(e.src, e.dst) for e in _largest_edges(drawn, LABELLED_EDGES)} if largest else set()
     for edge in sorted(drawn, key=lambda e: (_magnitude(e.score), e.src, e.dst)):
         label = (edge.src, edge.dst) in labelled
         lines.append("  " + _edge_statement(graph, edge, largest, needed, label))
@@ -346,11 +346,16 @@ def _port_table(
     )
 
 
+def scores_metric(circuit: Circuit) -> str | None:
+    """The metric the circuit's scores were measured with (``params["metric"]``: a search's is
+    its own), else the evaluation's recorded in ``metrics``; None when neither is recorded."""
+    return circuit.params.get("metric") or circuit.metrics.get("metric")
+
+
 def needed_sign(circuit: Circuit) -> int:
     """The sign of the score of an edge the behaviour needs: -1 for the task metrics (removing
     it lowers them), +1 for the distances kl and l2 (removing it raises them)."""
-    metric = circuit.params.get("metric") or circuit.metrics.get("metric")
-    return 1 if metric in DISTANCE_METRICS else -1
+    return 1 if scores_metric(circuit) in DISTANCE_METRICS else -1
 
 
 def _edge_statement(
@@ -427,7 +432,7 @@ def _title_label(
     name = " · ".join(_html(s) for s in (circuit.task, circuit.model, circuit.method))
     size = f"{n_kept:,} of {graph.n_edges:,} edges kept"
     if circuit.level == "node":
-        n_nodes = len([name for name in circuit.kept_sources if name != "input"])
+        n_nodes = len(circuit.kept_components)
         size = (
             f"{n_nodes:,} of {graph.n_src - 1:,} heads and MLPs kept "
             f"({n_kept:,} edges between them and input)"

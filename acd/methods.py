@@ -388,14 +388,11 @@ class TopN:
     def select_nodes(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
         """The ``n`` best heads and MLPs, and ``input``: scores [n_src] -> [n_src] bool (ties by
         index; acd.nodes)."""
-        from acd.nodes import selectable_nodes, with_input
-        from acd.search import select_topn
+        from acd.nodes import top_nodes
 
         n = self.sized_nodes(graph).n
         assert n is not None  # sized_nodes fills it in
-        among = selectable_nodes(graph)[:, None]
-        kept = select_topn(scores.reshape(-1, 1), among, n, absolute=self.absolute)[:, 0]
-        return with_input(kept, graph)
+        return top_nodes(scores, graph, n, self.absolute)
 
     def params(self) -> dict[str, Any]:
         return {"edges": self.n, "selection": self.name, "absolute": self.absolute}
@@ -451,12 +448,9 @@ class Threshold:
 
     def select_nodes(self, scores: torch.Tensor, graph: ComputeGraph) -> torch.Tensor:
         """Every head and MLP scoring at least ``t``, and ``input``: [n_src] -> [n_src] bool."""
-        from acd.nodes import selectable_nodes, with_input
-        from acd.search import select_threshold
+        from acd.nodes import nodes_at_least
 
-        among = selectable_nodes(graph)[:, None]
-        kept = select_threshold(scores.reshape(-1, 1), among, self.t, absolute=self.absolute)
-        return with_input(kept[:, 0], graph)
+        return nodes_at_least(scores, graph, self.t, self.absolute)
 
     def params(self) -> dict[str, Any]:
         return {

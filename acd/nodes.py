@@ -64,6 +64,28 @@ def n_selectable(graph: ComputeGraph) -> int:
     return graph.n_src - 1
 
 
+def top_nodes(scores: torch.Tensor, graph: ComputeGraph, n: int, absolute: bool) -> torch.Tensor:
+    """The ``n`` heads and MLPs of largest score (|score| when ``absolute``; ties by index),
+    and ``input``: scores [n_src] -> [n_src] bool (what ``TopN.select_nodes`` keeps)."""
+    from acd.search import select_topn
+
+    among = selectable_nodes(graph)[:, None]
+    kept = select_topn(scores.reshape(-1, 1), among, n, absolute=absolute)[:, 0]
+    return with_input(kept, graph)
+
+
+def nodes_at_least(
+    scores: torch.Tensor, graph: ComputeGraph, threshold: float, absolute: bool
+) -> torch.Tensor:
+    """Every head and MLP scoring at least ``threshold`` (|score| when ``absolute``), and
+    ``input``: scores [n_src] -> [n_src] bool (what ``Threshold.select_nodes`` keeps)."""
+    from acd.search import select_threshold
+
+    among = selectable_nodes(graph)[:, None]
+    kept = select_threshold(scores.reshape(-1, 1), among, threshold, absolute=absolute)[:, 0]
+    return with_input(kept, graph)
+
+
 def default_nodes(graph: ComputeGraph) -> int:
     """The node-level circuit size ``discover`` keeps when given none: a quarter of the heads
     and MLPs, at most 50 (the embedded model: 5 of its 20; GPT-2 small: 39 of 156, about the

@@ -176,20 +176,27 @@ def ordinary_token_ids(tokenizer) -> list[int]:
     return [i for i in range(len(tokenizer)) if i not in special]
 
 
+def _recorded(model, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """What a plain forward of a ``ModelAdapter`` on ``tokens`` passes through the hook points
+    ``names``, by name (detached, on the model's device)."""
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(tensor, hook):
+        store[hook.name] = tensor.detach()
+
+    with torch.no_grad():
+        model.bridge.run_with_hooks(
+            tokens.to(model.device), fwd_hooks=[(name, keep) for name in names]
+        )
+    return store
+
+
 def adapter_patterns(model) -> PatternsFn:
     """Attention patterns of a loaded ``ModelAdapter``, read at each layer's pattern hook."""
     names = [model.hook_attn_pattern(layer) for layer in range(model.spec.n_layers)]
 
     def patterns(tokens: torch.Tensor) -> torch.Tensor:
-        store: dict[str, torch.Tensor] = {}
-
-        def keep(tensor, hook):
-            store[hook.name] = tensor.detach()
-
-        with torch.no_grad():
-            model.bridge.run_with_hooks(
-                tokens.to(model.device), fwd_hooks=[(name, keep) for name in names]
-            )
+        store = _recorded(model, tokens, names)
         return torch.stack([store[name].cpu() for name in names], dim=1)
 
     return patterns
@@ -296,18 +303,10 @@ def _heads_and_final_residual(model, tokens: torch.Tensor):
     """Patterns [N, L, H, T, T], head outputs [N, L, H, T, d_model] and the final residual
     [N, T, d_model] of one plain forward (CPU, float32 patterns)."""
     n_layers = model.spec.n_layers
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(tensor, hook):
-        store[hook.name] = tensor.detach()
-
     names = [model.hook_attn_pattern(layer) for layer in range(n_layers)]
     results = [model.hook_head_result(layer) for layer in range(n_layers)]
     final = model.hook_final_resid()
-    with torch.no_grad():
-        model.bridge.run_with_hooks(
-            tokens.to(model.device), fwd_hooks=[(name, keep) for name in (*names, *results, final)]
-        )
+    store = _recorded(model, tokens, [*names, *results, final])
     patterns = torch.stack([store[name].float().cpu() for name in names], dim=1)
     # hook_result is [N, T, H, d]; heads first, like the patterns
     outputs = torch.stack([store[name].transpose(1, 2) for name in results], dim=1)

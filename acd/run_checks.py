@@ -25,6 +25,7 @@ def check_graph_size(
     """``edges`` (--edges), ``candidates`` (--candidates) and ``nodes`` (--nodes) against the
     graph the model's config implies; nothing to check without a config."""
     from acd.graph import ComputeGraph
+    from acd.nodes import n_selectable
 
     if config is None:
         return
@@ -32,11 +33,11 @@ def check_graph_size(
         graph = ComputeGraph.from_config(config)
     except (ValueError, TypeError, KeyError):
         return  # an unusual config: discover checks against the loaded model's graph
-    n_edges, n_src = graph.n_edges, graph.n_src
+    n_edges = graph.n_edges
     if edges is not None and edges > n_edges:
         raise AcdError(f"cannot keep {edges} edges: the graph has {n_edges} (choose 0..{n_edges})")
-    if nodes is not None and nodes > n_src - 1:  # heads and MLPs: input is always kept
-        most = n_src - 1
+    most = n_selectable(graph)  # heads and MLPs: input is always kept
+    if nodes is not None and nodes > most:
         raise AcdError(
             f"cannot keep {nodes} nodes: the graph has {most} heads and MLPs (choose 0..{most})"
         )

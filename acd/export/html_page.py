@@ -225,9 +225,9 @@ def score_effect(circuit: Circuit) -> dict[str, Any]:
     The metric is the scores' own (``params["metric"]``: a search's is its search metric);
     ``known`` is False when the file records none (then it is read as a task metric). The
     colours are the diagram's, so circuit.svg and circuit.html agree."""
-    from acd.diagram import AGAINST_COLOUR, NEEDED_COLOUR, ZERO_COLOUR, needed_sign
+    from acd.diagram import AGAINST_COLOUR, NEEDED_COLOUR, ZERO_COLOUR, needed_sign, scores_metric
 
-    name = circuit.params.get("metric") or circuit.metrics.get("metric")
+    name = scores_metric(circuit)
     sign = needed_sign(circuit)
     return {
         "metric": name if isinstance(name, str) and name != "task" else "the task metric",
@@ -253,13 +253,10 @@ def _scalar_metrics(metrics: dict) -> dict[str, Any]:
 
 
 def _badges(roles: dict[str, dict[str, float]]) -> dict[str, list[str]]:
-    """Each head's role labels (``acd.roles.role_badges``), where that function exists."""
-    import acd.roles
+    """Each head's role labels (``acd.roles.role_badges``), for the heads that have any."""
+    from acd.roles import role_badges
 
-    role_badges = getattr(acd.roles, "role_badges", None)
-    if role_badges is None:
-        return {}
-    return {head: list(labels) for head, scores in roles.items() if (labels := role_badges(scores))}
+    return {head: labels for head, scores in roles.items() if (labels := role_badges(scores))}
 
 
 def _reference(

@@ -66,7 +66,7 @@ def _nodes_line(circuit: Circuit) -> list[str]:
     """A node-level circuit's size in nodes (acd.nodes)."""
     if circuit.level != "node":
         return []
-    kept = [name for name in circuit.kept_sources if name != "input"]
+    kept = circuit.kept_components
     most = circuit.graph.n_src - 1
     listed = ", ".join(kept) or "none"
     return [f"- Nodes kept (node level): {len(kept)} of {most} heads and MLPs: {listed}"]
@@ -148,13 +148,13 @@ def _roles_line(circuit: Circuit) -> list[str]:
     """The kept heads that have a role badge (acd.roles), e.g. ``a1.h2 prev, a2.h0 ind``."""
     from acd.roles import ROLE_THRESHOLD, role_badges
 
+    if not circuit.node_roles:
+        return []
     kept = set(circuit.kept_sources)
     named = [
         f"{name} {' '.join(badges)}"
         for name, scores in circuit.node_roles.items()
         if name in kept and (badges := role_badges(scores))
     ]
-    if not circuit.node_roles:
-        return []
     listed = ", ".join(named) if named else "none of the kept heads"
     return [f"- Head roles (score ≥ {ROLE_THRESHOLD}, acd.roles): {listed}"]
