@@ -35,6 +35,7 @@ from acd.methods import (
     TopN,
 )
 from acd.models import ModelAdapter, list_models, load_model
+from acd.positional import PositionalCircuit, PositionalGraph, positional_scores
 from acd.tasks import PromptBatch, PromptPair, Task, list_tasks, load_task
 
 __version__ = "0.1.0"
@@ -64,7 +65,10 @@ __all__ = [
     "evaluate_circuit",
     "load_circuit",
     "node_scores",
+    "positional_scores",
     "ModelAdapter",
+    "PositionalCircuit",
+    "PositionalGraph",
     "PromptBatch",
     "PromptPair",
     "Task",

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from acd.export.save import SavedFiles
     from acd.heldout import PromptSplit, TaskSource
+    from acd.positional.graph import PositionalCircuit
 
 # The packages whose versions a circuit records (see ``package_versions``).
 RECORDED_PACKAGES = ("acd", "torch", "transformer_lens", "transformers", "networkx")
@@ -89,6 +90,9 @@ class Circuit:
         edge_inclusion: [n_src, n_dst] float in [0, 1], the share of the trust report's
             prompt resamples whose circuit keeps each edge (``acd.trust``); None when the
             stability was not measured.
+        positional: for a positional circuit (``discover(positions=True)``), its kept
+            positional edges and their scores per span (``acd.positional.PositionalCircuit``);
+            ``mask`` and ``scores`` are then their aggregates over the spans. None otherwise.
     """
 
     graph: ComputeGraph
@@ -109,6 +113,7 @@ class Circuit:
     task_source: TaskSource | None = None
     prompt_split: PromptSplit | None = None
     edge_inclusion: torch.Tensor | None = None
+    positional: PositionalCircuit | None = None
 
     def __post_init__(self) -> None:
         shape = (self.graph.n_src, self.graph.n_dst)
@@ -127,6 +132,8 @@ class Circuit:
             if tuple(self.edge_inclusion.shape) != shape:
                 raise ValueError(f"edge_inclusion must have the graph's shape {shape}")
             self.edge_inclusion = self.edge_inclusion.detach().float().cpu() * self.graph.valid
+        if self.positional is not None and self.positional.graph.graph.shape != self.graph.shape:
+            raise ValueError("the positional circuit's graph is not this circuit's graph")
 
     @property
     def evaluation_metric(self) -> str | None:
@@ -237,7 +244,14 @@ class Circuit:
         faith = f" faithfulness={f:.3f}" if isinstance(f, float) else ""
         n_nodes = f"{len(self.kept_components)}/{self.graph.n_src - 1}"
         nodes = f"nodes={n_nodes} " if self.level == "node" else ""
+        positional = self.positional
+        spans = (
+            f"positional_edges={positional.n_edges}/{positional.graph.n_edges} "
+            f"spans={list(positional.spans)} "
+            if positional is not None
+            else ""
+        )
         return (
             f"Circuit(task={self.task!r}, model={self.model!r}, method={self.method!r}, "
-            f"{nodes}edges={self.n_edges}/{self.graph.n_edges}{faith})"
+            f"{nodes}{spans}edges={self.n_edges}/{self.graph.n_edges}{faith})"
         )

@@ -30,10 +30,13 @@ from acd.methods import (
     CleanCorrupted,
     EAPIGActivations,
     Exact,
+    Greedy,
     Hybrid,
     Method,
     ScoringMethod,
     Selection,
+    Threshold,
+    TopN,
     checked_method,
     checked_selection,
     default_edges,
@@ -45,9 +48,16 @@ from acd.nodes import (
     kept_components,
     node_scores_by_name,
 )
+from acd.positional import (
+    PositionalCircuit,
+    PositionalGraph,
+    evaluate_positional_with,
+    positional_fidelity,
+    prune_positional,
+)
 from acd.roles import head_role_scores, roles_apply
 from acd.runner import PromptRunner, check_run_options
-from acd.search import prune_dangling
+from acd.search import prune_dangling, select_threshold, select_topn
 from acd.tasks import PromptBatch, Task, load_task
 from acd.trust import (
     FIDELITY_PROMPTS,
@@ -124,6 +134,7 @@ def discover(
     prompts: int | None = None,
     seed: int = 0,
     level: str = "edge",
+    positions: bool = False,
     run: RunConfig | None = None,
 ) -> Circuit:
     """Find the circuit of ``task`` in ``model``: score every edge, select, prune, evaluate.
@@ -160,6 +171,14 @@ def discover(
             nodes (``induced_edges``),
             evaluated with every edge out of a removed node patched. The searches are
             edge-level only.
+        positions: find a positional circuit (acd.positional): every edge split by the
+            task's named spans (IO, S1, S2, END, ...; docs/tasks.md "Spans"), an edge into a
+            key or value input by the span of its key and of the queries reading it. Scoring by
+            ``eap``, ``eap-ig`` or ``exact`` at span resolution, ``TopN(n)`` (n counts positional
+            edges; default as for plain circuits) or ``Threshold(t)``, pruning and evaluation
+            per (edge, span). ``Circuit.positional`` holds the positional edges and scores;
+            ``mask`` and ``scores`` are their aggregates over the spans. Every chunk of
+            prompts runs as one copy per span (default 8 prompts a chunk).
         run: RunConfig (metric, ablation, batch_size, device, dtype, progress, force).
 
     Before scoring (for ``eap`` and ``eap-ig``, whose scoring runs are the same clean and
@@ -192,6 +211,8 @@ def discover(
             "method (eap, eap-ig, eap-ig-activations, clean-corrupted, exact)"
         )
     selection = None if searching else checked_selection(select)
+    if positions:
+        _check_positional(method, selection, by_node)
     start = time.perf_counter()
     # The task first: reading it is cheap, and a mistake in it should not wait for the model.
     if not isinstance(task, Task):
@@ -210,6 +231,7 @@ def discover(
     if isinstance(method, Hybrid):
         method.check_graph(graph)
     batch = drawn_from.make_batch(model.tokenizer, prompts, seed).to(model.device)
+    pgraph = _positional_graph(graph, batch, task.name) if positions else None
     evaluation_metric = run.metric or task.metric
     runner = PromptRunner(
         model,
@@ -217,7 +239,8 @@ def discover(
         batch,
         metric=evaluation_metric,
         ablation=run.ablation,
-        batch_size=run.batch_size,
+        # A positional chunk runs as one copy per span: chunks of a few prompts.
+        batch_size=run.batch_size or (min(8, len(batch)) if positions else None),
         method=method.memory_kind,
         ig_steps=method.steps if isinstance(method, (EAPIG, EAPIGActivations)) else 5,
     )
@@ -229,7 +252,17 @@ def discover(
 
     params: dict[str, Any] = {"prompts": prompts}
     node_scores: torch.Tensor | None = None
-    if searching:
+    positional: PositionalCircuit | None = None
+    if pgraph is not None:
+        assert isinstance(method, ScoringMethod) and selection is not None  # _check_positional
+        gate_after = None if gate_first else task.name
+        positional = _positional_circuit(runner, pgraph, method, selection, prune, run, gate_after)
+        scores, selected = pgraph.aggregate(positional.scores), positional.mask
+        params.update(selection.params())
+        params["metric"] = evaluation_metric
+        params.update(method.params())
+        params["positions"] = True
+    elif searching:
         result = method.search(runner, batch, progress=run.progress)
         scores, selected = result.scores, result.mask
         params.update(result.params)
@@ -264,10 +297,18 @@ def discover(
             "evaluation_metric": evaluation_metric,
         }
     )
-    mask = prune_dangling(selected, graph) if prune else selected
-    evaluation = evaluate_with(runner, mask.unsqueeze(0))[0]
+    if positional is not None:
+        assert pgraph is not None
+        evaluation = evaluate_positional_with(runner, pgraph, positional.mask.unsqueeze(0))[0]
+        mask = pgraph.plain_mask(positional.mask)
+    else:
+        mask = prune_dangling(selected, graph) if prune else selected
+        evaluation = evaluate_with(runner, mask.unsqueeze(0))[0]
     metrics = evaluation.summary()
     metrics["n_selected"] = int(selected.sum())
+    if positional is not None:  # n_edges counts positional edges; these, the plain ones
+        metrics["n_plain_edges"] = int(mask.sum())
+        metrics["n_positional_edges"] = pgraph.n_edges if pgraph is not None else 0
     if by_node:  # heads and MLPs (input is always kept)
         metrics["n_selected_nodes"] = int(kept_components(selected, graph).sum())
         metrics["n_nodes"] = int(kept_components(mask, graph).sum())
@@ -278,7 +319,12 @@ def discover(
         node_roles = head_role_scores(model, task, seed=seed)
         metrics["roles_seconds"] = round(time.perf_counter() - started, 3)
     inclusion = None
-    if run.trust:
+    if run.trust and positional is not None:
+        assert pgraph is not None and isinstance(method, ScoringMethod) and selection
+        report = _positional_trust(runner, batch, pgraph, method, selection, prune, positional)
+        metrics.update(report.summary())
+        inclusion = report.stability.inclusion if report.stability else None
+    elif run.trust:
         report = _trust_report(
             runner, batch, method, selection, prune, scores, selected, mask, run, by_node
         )
@@ -301,7 +347,109 @@ def discover(
         task_source=task_source(task),
         prompt_split=split,
         edge_inclusion=inclusion,
+        positional=positional,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Positional circuits
+
+
+def _check_positional(method: Method, selection: Selection | None, by_node: bool) -> None:
+    """Refuse, before anything loads, what has no positional form."""
+    if by_node:
+        raise AcdError("positional circuits keep edges: give level='edge' with positions")
+    if not isinstance(method, (EAP, EAPIG, Exact)):
+        raise AcdError(
+            f"method {method.name!r} has no positional form; with positions choose eap, "
+            "eap-ig or exact"
+        )
+    if isinstance(selection, Greedy) or not isinstance(selection, (TopN, Threshold)):
+        name = getattr(selection, "name", selection)
+        raise AcdError(
+            f"selection {name!r} has no positional form; with positions choose topn or threshold"
+        )
+
+
+def _positional_graph(graph: ComputeGraph, batch: PromptBatch, task: str) -> PositionalGraph:
+    if len(batch.span_names) < 2:
+        raise AcdError(
+            f"task {task!r} names no spans, so a positional circuit would be the plain one; "
+            "give the task spans (docs/tasks.md, 'Spans')"
+        )
+    return PositionalGraph.from_batch(graph, batch)
+
+
+def _positional_circuit(
+    runner: PromptRunner,
+    pgraph: PositionalGraph,
+    method: ScoringMethod,
+    selection: Selection,
+    prune: bool,
+    run: RunConfig,
+    gate_after: str | None,
+) -> PositionalCircuit:
+    """Score every positional edge, select, prune: the positional part of a circuit.
+    ``gate_after``: the task's name when the sanity gate runs after scoring (eap, eap-ig)."""
+    scores = method.score_positions(runner, pgraph, progress=run.progress)
+    if gate_after is not None:
+        _sanity_gate(runner, gate_after, run.force)
+    selected = _select_positional(selection, scores, pgraph)
+    mask = prune_positional(selected, pgraph) if prune else selected
+    return PositionalCircuit(pgraph, mask, scores)
+
+
+def _select_positional(
+    selection: Selection, scores: torch.Tensor, pgraph: PositionalGraph
+) -> torch.Tensor:
+    """TopN(n) (n counts positional edges; None: the plain graph's default) or Threshold(t)
+    over positional scores: [n_src, P, n_dst, P] bool."""
+    if isinstance(selection, Threshold):
+        return select_threshold(scores, pgraph.valid, selection.t, absolute=selection.absolute)
+    assert isinstance(selection, TopN)
+    n = default_edges(pgraph.graph) if selection.n is None else selection.n
+    if not 0 <= n <= pgraph.n_edges:
+        raise AcdError(
+            f"cannot keep {n} positional edges: the graph has {pgraph.n_edges} "
+            f"(choose 0..{pgraph.n_edges})"
+        )
+    return select_topn(scores, pgraph.valid, n, absolute=selection.absolute)
+
+
+def _positional_trust(
+    runner: PromptRunner,
+    batch: PromptBatch,
+    pgraph: PositionalGraph,
+    method: ScoringMethod,
+    selection: Selection,
+    prune: bool,
+    positional: PositionalCircuit,
+) -> TrustReport:
+    """The trust report over positional edges: fidelity of a gradient method against exact
+    positional patching (sampled positional edges, the first prompts), and the stability of
+    the positional edge set over prompt resamples (inclusion reported per plain edge)."""
+    start = time.perf_counter()
+    gradient = not isinstance(method, Exact)
+    found = None
+    if gradient:
+        first = batch.select(list(range(min(len(batch), FIDELITY_PROMPTS))))
+        sub = _runner_like(runner, first, method)
+        sub_scores = method.score_positions(sub, pgraph, progress=False)
+        selected = _select_positional(selection, sub_scores, pgraph)
+        found = positional_fidelity(sub, pgraph, sub_scores, selected)
+    masks = []
+    for rows in resample_indices(len(batch), RESAMPLES if gradient else 0, RESAMPLE_FRACTION, 1):
+        sub = _runner_like(runner, batch.select(rows), method)
+        scores = method.score_positions(sub, pgraph, progress=False)
+        kept = _select_positional(selection, scores, pgraph)
+        masks.append(prune_positional(kept, pgraph) if prune else kept)
+    stable = None
+    if masks:
+        stable = stability(masks, positional.mask, RESAMPLE_FRACTION)
+        plain = [pgraph.plain_mask(m) for m in masks]
+        inclusion = torch.stack([m.double() for m in plain]).mean(dim=0).float()
+        stable = replace(stable, inclusion=inclusion)
+    return TrustReport(fidelity=found, stability=stable, seconds=time.perf_counter() - start)
 
 
 def _trust_report(
@@ -370,7 +518,9 @@ def _refound(
     return prune_dangling(kept, graph) if prune else kept
 
 
-def _runner_like(runner: PromptRunner, prompts: PromptBatch, method: Method) -> PromptRunner:
+def _runner_like(
+    runner: PromptRunner, prompts: PromptBatch, method: Method | ScoringMethod
+) -> PromptRunner:
     """A runner over ``prompts`` with ``runner``'s model, graph, metric and ablation."""
     return PromptRunner(
         runner.model,

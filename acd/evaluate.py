@@ -175,7 +175,7 @@ def evaluate_with(runner: PromptRunner, circuit_masks: torch.Tensor) -> list[Cir
     columns = runner.gather(per_circuit + per_circuit_kl)
     k = len(kept)
     return [
-        _evaluation(
+        circuit_evaluation(
             runner.metric.name,
             runner.ablation,
             int(circuit.sum()),
@@ -312,7 +312,7 @@ def separation_of(runner: PromptRunner) -> Separation:
 # Helpers
 
 
-def _evaluation(
+def circuit_evaluation(
     metric: str,
     ablation: str,
     n_edges: int,

@@ -29,6 +29,7 @@ from acd.errors import AcdError
 
 if TYPE_CHECKING:
     from acd.graph import ComputeGraph
+    from acd.positional.graph import PositionalGraph
     from acd.runner import PromptRunner
     from acd.tasks import PromptBatch
 
@@ -74,6 +75,17 @@ class ScoringMethod:
         score is the sum of its edge scores (acd.attribution.node_scores)."""
         edges = self.score(runner, progress=progress)
         return edges.sum(dim=1), edges
+
+    def score_positions(
+        self, runner: PromptRunner, pgraph: PositionalGraph, *, progress: bool = True
+    ) -> torch.Tensor:
+        """Positional scores [n_src, P, n_dst, P] (acd.positional.scores): eap, eap-ig and
+        exact have a positional form; the others raise AttributionError."""
+        from acd.positional.scores import score_positional_with
+
+        return score_positional_with(
+            runner, pgraph, self.name, progress=progress, **self._score_options()
+        )
 
     def _score_options(self) -> dict[str, Any]:
         return {}

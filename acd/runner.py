@@ -281,6 +281,7 @@ def at_positions(batch: PromptBatch, positions: torch.Tensor) -> PromptBatch:
         corrupted=batch.corrupted[:, positions],
         score_mask=batch.score_mask[:, positions],
         targets=batch.targets[:, positions],
+        span_index=batch.span_index[:, positions],
     )
 
 

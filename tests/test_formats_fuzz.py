@@ -246,11 +246,12 @@ def expected_circuit_document(doc: dict, written: dict) -> dict:
     for key, value in {**defaults, "node_scores": {}}.items():
         expected.setdefault(key, value)
     expected["model"].setdefault("sha256", "")
-    for key in ("task_source", "prompt_split", "edge_inclusion"):  # null: not recorded
+    for key in ("task_source", "prompt_split", "edge_inclusion", "positions"):  # null: none
         if expected.get(key, 0) is None:
             del expected[key]
-    for key in ("n_src", "n_dst", "n_edges"):
-        expected["graph"].setdefault(key, written["graph"][key])
+    for key in ("n_src", "n_dst", "n_edges"):  # absent or null: not recorded, the writer's
+        if expected["graph"].get(key) is None:
+            expected["graph"][key] = written["graph"][key]
     expected["scores"] = [torch.tensor(float(s)).item() for s in expected["scores"]]
     order = {tuple(edge): k for k, edge in enumerate(written["edges"])}
     assert {tuple(edge) for edge in expected["edges"]} == set(order)

@@ -443,6 +443,7 @@ def test_a_batch_from_token_ids_is_the_encoded_batch(request, tokenizer_name, na
     clean = [_ids(tokenizer, p.clean) for p in pairs]
     # The encoder's padding: the pad token, else EOS (the BPE tokenizer has no pad token).
     pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None)
+    encoded = task.encode(pairs, tokenizer)
     built = PromptBatch.from_token_ids(
         clean,
         [_ids(tokenizer, p.corrupted) for p in pairs],
@@ -452,12 +453,18 @@ def test_a_batch_from_token_ids_is_the_encoded_batch(request, tokenizer_name, na
         score_mask=_induction_mask(pairs, [len(r) for r in clean]) if name == "induction" else None,
         pad_id=pad_id,
         pairs=pairs,
+        # Spans come from the text (tests/test_spans.py); here they are passed through.
+        span_names=encoded.span_names,
+        span_index=encoded.span_index,
     )
-    encoded = task.encode(pairs, tokenizer)
     for field in BATCH_TENSOR_FIELDS:
         assert getattr(built, field).dtype == getattr(encoded, field).dtype, field
         assert torch.equal(getattr(built, field), getattr(encoded, field)), field
-    assert (built.metric, built.pairs) == (encoded.metric, encoded.pairs)
+    assert (built.metric, built.pairs, built.span_names) == (
+        encoded.metric,
+        encoded.pairs,
+        encoded.span_names,
+    )
     if name == "induction":  # the default targets: each scored position's next token
         assert built.targets[built.score_mask].ne(0).all()
 

@@ -30,7 +30,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
     # Everything that can be checked without the model is checked before it loads.
     options = _discover_options(args)
     task = load_task(args.task)
+    if args.positions:
+        _check_task_spans(task, args.seed)
     folder = args.method + ("-nodes" if args.level == "node" else "")
+    folder += "-positions" if args.positions else ""
     out = discover_out_dir(args.out, args.model, task.name, folder)
     check_out_dir(out)
     if args.checkpoint:
@@ -48,6 +51,16 @@ def cmd_discover(args: argparse.Namespace) -> int:
     saved = save_or_rescue(circuit, out, diagram_formats(args.format), attention)
     _print_saved(circuit, saved, out)
     return 0
+
+
+def _check_task_spans(task, seed: int) -> None:
+    """--positions needs a task whose prompts name spans (one prompt is drawn to see)."""
+    pairs = task.prompt_pairs(1, seed)
+    if not pairs or not pairs[0].spans:
+        raise AcdError(
+            f"task {task.name!r} names no spans, so --positions has nothing to split by; "
+            "give its prompts spans (docs/tasks.md, 'Spans')"
+        )
 
 
 # The prompts whose attention patterns circuit.html shows (attention.json).
@@ -121,6 +134,15 @@ def _discover_options(args: argparse.Namespace) -> dict:
             raise AcdError("--selection greedy grows edges; at --level node choose topn")
     elif args.nodes is not None:
         raise AcdError("--nodes applies to --level node (give --edges at edge level)")
+    if args.positions:
+        if method not in ("eap", "eap-ig", "exact"):
+            raise AcdError(
+                f"--positions applies to --method eap, eap-ig or exact, not --method {method}"
+            )
+        if args.level == "node":
+            raise AcdError("--positions keeps positional edges: not with --level node")
+        if args.selection == "greedy":
+            raise AcdError("--selection greedy has no positional form; choose topn")
     if args.threshold is not None and args.selection is not None:
         raise AcdError("--selection picks --edges edges; --threshold keeps all above it: not both")
     if method in ("acdc", "hybrid") and args.tau is None:
@@ -130,6 +152,7 @@ def _discover_options(args: argparse.Namespace) -> dict:
     options: dict = dict(
         seed=args.seed,
         level=args.level,
+        positions=args.positions,
         prune=not args.no_prune,
         run=RunConfig(
             metric=args.metric,

@@ -174,6 +174,14 @@ def _discover_command(sub) -> None:
         "only; --threshold then compares node scores)",
     )
     p.add_argument(
+        "--positions",
+        action="store_true",
+        help="a positional circuit: every edge split by the task's named spans (IO, S1, S2, "
+        "END, ...; docs/tasks.md 'Spans'), an edge into a key or value input by the span of the "
+        "keys and of the queries reading them (--method eap, eap-ig or exact; --edges counts "
+        "positional edges)",
+    )
+    p.add_argument(
         "--selection",
         choices=[name for name in SELECTIONS if name != "threshold"],  # that one: --threshold
         default=None,

@@ -67,6 +67,30 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
             if circuit.edge_inclusion is not None
             else {}
         ),
+        # Optional: a positional circuit's spans, positional edges and scores.
+        **({"positions": _positions_dict(circuit)} if circuit.positional is not None else {}),
+    }
+
+
+def _positions_dict(circuit: Circuit) -> dict[str, Any]:
+    """circuit.json's ``positions``: the spans, the positional graph's edge rules, the kept
+    positional edges and every valid positional edge's score (row-major over
+    [n_src, P, n_dst, P])."""
+    positional = circuit.positional
+    assert positional is not None  # asked only for positional circuits
+    pgraph = positional.graph
+    bad = pgraph.valid & ~positional.scores.isfinite()
+    if bool(bad.any()):
+        raise AcdError(
+            f"cannot write the circuit: {int(bad.sum())} positional edge scores are not finite"
+        )
+    return {
+        "spans": list(pgraph.spans),
+        "present": pgraph.present.tolist(),
+        "order": pgraph.order.tolist(),
+        "scored": pgraph.scored.tolist(),
+        "edges": [list(edge) for edge in positional.edges],
+        "scores": positional.scores[pgraph.valid].tolist(),
     }
 
 
@@ -74,7 +98,15 @@ def circuit_json(circuit: Circuit) -> str:
     """circuit.json's text: indented for reading, with the (long) scores list on one line."""
     document = circuit_to_dict(circuit)
     edges, scores = document.pop("edges"), document.pop("scores")
+    positions = document.pop("positions", None)
     text = json.dumps(document, indent=1, allow_nan=False)
+    if positions is not None:  # its lists on one line each (thousands of scores)
+        inner = ",\n  ".join(
+            f"{json.dumps(key)}: {json.dumps(value, separators=(',', ':'), allow_nan=False)}"
+            for key, value in positions.items()
+        )
+        text = text[: text.rindex("}")].rstrip() + f',\n "positions": {{\n  {inner}\n }}\n}}'
+
     # Append the edges (one pair per line) and the scores (one line) before the closing brace:
     # json.dumps(indent=1) would give each of the ~32k scores a line of its own.
     pairs = ",\n  ".join(json.dumps(edge) for edge in edges)
@@ -133,6 +165,7 @@ def circuit_from_dict(document: Any, *, source: str = "circuit.json") -> Circuit
         task_source=TaskSource(**doc.task_source.model_dump()) if doc.task_source else None,
         prompt_split=PromptSplit(**doc.prompt_split.model_dump()) if doc.prompt_split else None,
         edge_inclusion=parsed.edge_inclusion,
+        positional=parsed.positional,
     )
 
 

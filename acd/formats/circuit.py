@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, PlainValidator, model_validator
@@ -34,6 +34,9 @@ from acd.formats.common import (
     validate,
 )
 from acd.graph import ComputeGraph, GraphShape
+
+if TYPE_CHECKING:
+    from acd.positional.graph import PositionalCircuit
 
 FORMAT = "acd-circuit"
 FORMAT_VERSION = 1
@@ -152,6 +155,7 @@ class Params(_Open):
     candidates: Positive | None = None
     scoring: ScoringMethod | None = None
     visited: Count | None = None
+    positions: bool | None = None  # a positional circuit (acd.positional)
 
 
 class Metrics(_Open):
@@ -225,6 +229,20 @@ class PromptSplit(Strict):
     in_sample: bool
 
 
+class PositionsInfo(Strict):
+    """A positional circuit's part (``Circuit.positional``): the spans, which positional edges
+    exist (``present``, ``order``, ``scored``: ``acd.positional.PositionalGraph``), the kept
+    positional edges by name and every valid positional edge's score in row-major order of
+    the [n_src, P, n_dst, P] valid mask."""
+
+    spans: list[str]
+    present: list[bool]
+    order: list[list[bool]]
+    scored: list[bool]
+    edges: list[EdgePair]
+    scores: list[FiniteFloat]
+
+
 class CircuitFile(Strict):
     """circuit.json; ``format`` and ``format_version`` are checked before the rest."""
 
@@ -247,6 +265,7 @@ class CircuitFile(Strict):
     task_source: TaskSource | None = None
     prompt_split: PromptSplit | None = None
     edge_inclusion: list[Share] | None = None
+    positions: PositionsInfo | None = None
 
 
 @dataclass
@@ -260,6 +279,7 @@ class ParsedCircuit:
     params: dict[str, Any]
     metrics: dict[str, Any]
     edge_inclusion: torch.Tensor | None = None  # [n_src, n_dst] float, when recorded
+    positional: PositionalCircuit | None = None  # a positional circuit's part
 
 
 def parse_circuit(data: Any, source: str = "circuit.json") -> ParsedCircuit:
@@ -268,7 +288,7 @@ def parse_circuit(data: Any, source: str = "circuit.json") -> ParsedCircuit:
     document = validate(CircuitFile, data, source)
     # The strings (scores and edge names aside, which are numbers and the graph's names),
     # for a document parsed elsewhere: parse_json checks its own.
-    check_text({k: v for k, v in data.items() if k not in ("scores", "edges")}, source)
+    check_text({k: v for k, v in data.items() if k not in ("scores", "edges", "positions")}, source)
     graph = _graph(document.graph, len(document.scores), source)
     nodes = set(graph.nodes)
     for name in document.node_roles:
@@ -291,7 +311,48 @@ def parse_circuit(data: Any, source: str = "circuit.json") -> ParsedCircuit:
         params=document.params.as_dict(data.get("params", {})),
         metrics=document.metrics.as_dict(data.get("metrics", {})),
         edge_inclusion=_inclusion(document.edge_inclusion, graph, document.edges, source),
+        positional=_positional(document.positions, graph, source),
     )
+
+
+def _positional(
+    info: PositionsInfo | None, graph: ComputeGraph, source: str
+) -> PositionalCircuit | None:
+    """The positional part of a circuit.json, checked against its graph; None when absent."""
+    if info is None:
+        return None
+    from acd.positional.graph import PositionalCircuit, PositionalGraph
+
+    n_spans = len(info.spans)
+    if n_spans == 0 or len(set(info.spans)) != n_spans or any("@" in s for s in info.spans):
+        raise AcdError(f"{source}: positions.spans: expected distinct span names without '@'")
+    for name, values in (("present", info.present), ("scored", info.scored)):
+        if len(values) != n_spans:
+            raise AcdError(f"{source}: positions.{name}: {len(values)} values for {n_spans} spans")
+    if len(info.order) != n_spans or any(len(row) != n_spans for row in info.order):
+        raise AcdError(f"{source}: positions.order: expected {n_spans} rows of {n_spans}")
+    pgraph = PositionalGraph(
+        graph,
+        tuple(info.spans),
+        torch.tensor(info.present),
+        torch.tensor(info.order),
+        torch.tensor(info.scored),
+    )
+    valid = pgraph.valid
+    if len(info.scores) != int(valid.sum()):
+        raise AcdError(
+            f"{source}: positions.scores: {len(info.scores)} scores for {int(valid.sum())} "
+            "positional edges"
+        )
+    scores = torch.zeros(pgraph.shape, dtype=torch.float32)
+    scores[valid] = torch.tensor(info.scores, dtype=torch.float32)
+    mask = torch.zeros(pgraph.shape, dtype=torch.bool)
+    for i, (src, dst) in enumerate(info.edges):
+        try:
+            mask[pgraph.edge_index(src, dst)] = True
+        except KeyError as err:
+            raise AcdError(f"{source}: positions.edges[{i}]: {err.args[0]}") from None
+    return PositionalCircuit(pgraph, mask, scores)
 
 
 def _inclusion(

@@ -5,9 +5,12 @@ JSON object per line), with EAP-IG's column names (docs/tasks.md).
 ``PairRecord`` per pair: UTF-8 text (a byte-order mark is skipped), CSV rows of exactly the
 header's cells, JSONL lines that are JSON objects, ``clean`` and ``corrupted`` non-empty
 strings, answers as text (a string, or in JSONL a list of strings) and token ids as
-non-negative integers (in a CSV cell ``464`` or ``[464, 12]``). An empty cell or null is no
-value. Other columns are ignored (EAP-IG's files carry more). Every problem is one
-``TaskError`` line naming the file, the row or line and the column.
+non-negative integers (in a CSV cell ``464`` or ``[464, 12]``), and ``spans`` as a JSON
+object of span names to character ranges of the clean prompt, ``{"IO": [5, 9], "S": [[14,
+18], [40, 44]]}`` (in a CSV cell its JSON text): integer ranges inside the text, no two
+sharing a character, given in every row or in none. An empty cell or null is no value.
+Other columns are ignored (EAP-IG's files carry more). Every problem is one ``TaskError``
+line naming the file, the row or line and the column.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PlainValidator
+from pydantic import BaseModel, ConfigDict, PlainValidator, model_validator
 
 from acd.errors import TaskError
 from acd.formats.common import Expected, parse_json, read_text, short, validate
@@ -68,9 +71,49 @@ def _token_ids(value: Any) -> tuple[int, ...] | None:
     return tuple(ids)
 
 
+def _spans(value: Any) -> tuple[tuple[str, int, int], ...] | None:
+    """Named character ranges: an object of name -> [start, end] or a list of them (in a CSV
+    cell, its JSON text), as (name, start, end) in the object's order; nothing for null, ""
+    or {}. That the ranges fit the clean text is checked by PairRecord."""
+    expected = 'expected a JSON object of span names to [start, end] ranges, e.g. {"IO": [5, 9]}'
+    if isinstance(value, str) and value.strip():
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise Expected(expected) from None
+    if value is None or value == "" or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise Expected(expected)
+    spans = []
+    for name, ranges in value.items():
+        if not name:
+            raise Expected(expected + " (names non-empty)")
+        listed = (
+            ranges
+            if isinstance(ranges, list) and ranges and isinstance(ranges[0], list)
+            else [ranges]
+        )
+        for bounds in listed:
+            if not _is_range(bounds):
+                raise Expected(f"span {name!r}: expected [start, end], integers 0 <= start <= end")
+            spans.append((name, bounds[0], bounds[1]))
+    return tuple(spans)
+
+
+def _is_range(bounds: Any) -> bool:
+    return (
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+        and 0 <= bounds[0] <= bounds[1]
+    )
+
+
 Prompt = Annotated[str, PlainValidator(_prompt)]
 Answers = Annotated[tuple[str, ...] | None, PlainValidator(_answers)]
 TokenIds = Annotated[tuple[int, ...] | None, PlainValidator(_token_ids)]
+Spans = Annotated[tuple[tuple[str, int, int], ...] | None, PlainValidator(_spans)]
 
 
 class PairRecord(BaseModel):
@@ -89,6 +132,22 @@ class PairRecord(BaseModel):
     answer_idx: TokenIds = None
     incorrect_idx: TokenIds = None
     wrong_idx: TokenIds = None
+    spans: Spans = None
+
+    @model_validator(mode="after")
+    def _check_spans(self) -> PairRecord:
+        """The spans' ranges lie in the clean prompt and no two share a character."""
+        ranges = sorted((start, end, name) for name, start, end in self.spans or () if start < end)
+        for start, end, name in ranges:
+            if end > len(self.clean):
+                raise ValueError(
+                    f"spans: {name!r} range [{start}, {end}] ends after the clean prompt "
+                    f"({len(self.clean)} characters)"
+                )
+        for (_, end, name), (start, _, other) in zip(ranges, ranges[1:]):
+            if start < end:
+                raise ValueError(f"spans: {name!r} and {other!r} overlap at character {start}")
+        return self
 
 
 def read_pair_records(path: str | Path) -> list[PairRecord]:
@@ -103,7 +162,19 @@ def read_pair_records(path: str | Path) -> list[PairRecord]:
     records = [validate(PairRecord, row, place, TaskError) for place, row in rows]
     if not records:
         raise TaskError(f"{where} has no rows")
+    _check_spans_everywhere_or_nowhere(records, [place for place, _ in rows])
     return records
+
+
+def _check_spans_everywhere_or_nowhere(records: list[PairRecord], places: list[str]) -> None:
+    """Spans name the positions of every prompt of a batch: all rows give them, or none."""
+    given = [record.spans is not None for record in records]
+    if any(given) and not all(given):
+        odd = given.index(not given[0])
+        state = "gives spans" if given[odd] else "gives no spans"
+        raise TaskError(
+            f"{places[odd]}: {state}, unlike {places[0]}; give spans in every row or in none"
+        )
 
 
 def _csv_rows(text: str, where: str) -> list[tuple[str, dict[str, str]]]:

@@ -4,7 +4,8 @@
 key's type (strict: ``half_length = "ten"`` and ``variables = "names"`` are refused, not
 coerced), unknown keys (a misspelt key would otherwise be ignored), and what must agree
 within the file (variables name lists, every ``{name}`` of a template is a plain placeholder
-of a variable, ``[prefix]`` and ``[answers]`` name lists and variables). It returns a
+of a variable, ``[prefix]`` and ``[answers]`` name lists and variables, every name in ``spans``
+is a span some template makes). It returns a
 ``TemplateFile``, ``InductionFile``, ``PairsFile`` or ``CompiledFile``; ``acd.tasks`` builds
 the task from it, reading the word lists with ``read_word_list`` / ``list_entries`` and
 checking what depends on their contents with ``check_template_lists`` and ``check_pool``.
@@ -108,6 +109,17 @@ def _symbols(value: Any) -> tuple[str, ...]:
         raise Expected("expected a non-empty list of strings")
     if any(not v or " " in v for v in value) or len(set(value)) != len(value):
         raise Expected("expected distinct symbols without spaces")
+    return tuple(value)
+
+
+def _span_schema(value: Any) -> tuple[str, ...]:
+    """``spans``: the names of the spans kept after "start", in order (docs/tasks.md, "Spans")."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise Expected("expected a non-empty list of span names")
+    if len(set(value)) != len(value):
+        raise Expected("expected distinct span names")
+    if "start" in value:
+        raise Expected('expected the spans after "start" ("start" is always kept, first)')
     return tuple(value)
 
 
@@ -228,6 +240,7 @@ class TemplateFile(_Common):
     wrong: Texts = ()
     answers: AnswerSets | None = None
     prefix: Prefix | None = None
+    spans: Annotated[tuple[str, ...], PlainValidator(_span_schema)] = ()
 
     @model_validator(mode="after")
     def _check(self) -> TemplateFile:
@@ -256,7 +269,20 @@ class TemplateFile(_Common):
         texts = [t for entry in self.templates for t in (entry.clean, entry.corrupted)]
         for text in texts + list(self.answer) + list(self.wrong):
             _check_placeholders(text, self.variables)
+        _check_span_schema(self.spans, [t.clean for t in self.templates])
         return self
+
+
+def _check_span_schema(schema: tuple[str, ...], templates: list[str]) -> None:
+    """Every name of the ``spans`` schema must be a span that some clean template makes."""
+    from acd.tasks.kinds import template_span_names  # acd.tasks imports this module
+
+    made = set().union(*(template_span_names(t) for t in templates))
+    unknown = next((name for name in schema if name not in made), None)
+    if unknown is not None:
+        raise ValueError(
+            f"spans: no template makes a span {unknown!r}; they make {', '.join(sorted(made))}"
+        )
 
 
 def _check_placeholders(text: str, variables: dict[str, str]) -> None:

@@ -76,8 +76,9 @@ def destination_hooks(model: ModelAdapter, graph: ComputeGraph) -> list[HookSlot
 class HookedRun:
     """The state of one forward pass: recorded sources, the patch, captured destination inputs.
 
-    Built per call (no state outlives a run). ``patch_mask`` [n_src, n_dst] or
-    [batch, n_src, n_dst] and ``patch_sources`` [batch, pos, n_src, d_model] turn on patching;
+    Built per call (no state outlives a run). ``patch_mask`` [n_src, n_dst],
+    [batch, n_src, n_dst] or [batch, pos, n_src, n_dst] (a mask per row and position) and
+    ``patch_sources`` [batch, pos, n_src, d_model] turn on patching;
     ``record`` fills ``sources`` [batch, pos, n_src, d_model] (detached); ``capture_grads``
     makes every destination input ``x + zero`` with a fresh leaf ``zero`` whose gradient is
     dM/d(in_v); ``embed_override`` [batch, pos, d_model] replaces the input node's output;
@@ -85,7 +86,10 @@ class HookedRun:
     sources first .. first + width - 1 (any contiguous range: one head, a layer's heads, every
     source), each written where its hook fires, so later sources are computed from it;
     ``frozen_norms`` holds every norm's statistics constant in the backward pass, the forward
-    unchanged (``ModelAdapter.frozen_norms``, acd.models.norms).
+    unchanged (``ModelAdapter.frozen_norms``, acd.models.norms); ``head_rows`` [batch, pos]
+    (long) makes every head's output at (row b, position t) the one computed in row
+    ``head_rows[b, t]`` at t, before it is recorded or added to the residual: the positional
+    runs' copies (acd.positional.runs) share their heads' outputs this way.
     """
 
     def __init__(
@@ -101,9 +105,11 @@ class HookedRun:
         embed_override: torch.Tensor | None = None,
         source_override: tuple[int, torch.Tensor] | None = None,
         frozen_norms: bool = False,
+        head_rows: torch.Tensor | None = None,
     ):
         self.model, self.graph, self.tokens = model, graph, tokens
         batch, pos = tokens.shape
+        self.head_rows = None if head_rows is None else _check_head_rows(head_rows, batch, pos)
         self.shape = (batch, pos, graph.n_src, model.spec.d_model)
         if embed_override is not None:
             if source_override is not None:
@@ -118,7 +124,7 @@ class HookedRun:
         if patch_mask is not None:
             if patch_sources is None:
                 raise ValueError("a patch mask needs patch_sources")
-            self.mask = _check_mask(patch_mask, graph, batch).to(model.device, model.dtype)
+            self.mask = _check_mask(patch_mask, graph, batch, pos).to(model.device, model.dtype)
             self.patch = _check_patch_sources(patch_sources, self.shape)
             # Which destinations any mask entry touches, read once (one device sync), so that
             # hooks with nothing to patch skip their matmul. Not when the mask needs gradients:
@@ -164,9 +170,17 @@ class HookedRun:
     def source_hook(self, slot: HookSlot) -> Callable:
         def hook(x: torch.Tensor, hook) -> torch.Tensor | None:
             z = x if slot.per_head else x.unsqueeze(2)  # [batch, pos, width, d_model]
-            replaced = self.override is not None and self._overrides(slot)
-            if replaced:
+            changed = False
+            if self.head_rows is not None and slot.per_head:
+                # Heads only (the input and MLP slots are not per head): row b's output at t
+                # is taken from row head_rows[b, t] (the copy whose keys t's query reads).
+                rows = self.head_rows.to(z.device)
+                z = z[rows, torch.arange(z.shape[1], device=z.device)[None, :]]
+                changed = True
+            if self.override is not None and self._overrides(slot):
                 z = self._overridden(slot, z)
+                changed = True
+            if changed:
                 x = z if slot.per_head else z.squeeze(2)
             if self.sources is not None:
                 self.sources[:, :, slot.start : slot.stop] = z.detach()
@@ -174,7 +188,7 @@ class HookedRun:
                 # The patch buffers live on the model's (first) device; under a device_map
                 # this block may run on another.
                 self._record_diff(slot, z.to(self.patch.device))
-            return x if replaced else None
+            return x if changed else None
 
         return hook
 
@@ -268,7 +282,9 @@ class HookedRun:
         diff = self._diff_before(slot.n_before)
         assert self.mask is not None  # corrections are made only in patched runs
         mask_t = self.mask[..., : slot.n_before, slot.start : slot.stop].transpose(-1, -2)
-        if mask_t.dim() == 3:  # a mask per batch row: [batch, 1, width, n_before]
+        if mask_t.dim() == 4:  # a mask per row and position: [batch, pos, width, n_before]
+            out = torch.matmul(mask_t, diff)
+        elif mask_t.dim() == 3:  # a mask per batch row: [batch, 1, width, n_before]
             out = torch.matmul(mask_t.unsqueeze(1), diff)
         elif self.differentiable:
             out = torch.matmul(mask_t, diff)
@@ -328,14 +344,26 @@ def like(model: ModelAdapter) -> dict:
     return {"device": model.device, "dtype": model.dtype}
 
 
-def _check_mask(mask: torch.Tensor, graph: ComputeGraph, batch: int) -> torch.Tensor:
+def _check_mask(mask: torch.Tensor, graph: ComputeGraph, batch: int, pos: int) -> torch.Tensor:
     edges = (graph.n_src, graph.n_dst)
-    if tuple(mask.shape) == edges or (mask.dim() == 3 and tuple(mask.shape) == (batch, *edges)):
+    if tuple(mask.shape) in (edges, (batch, *edges), (batch, pos, *edges)):
         return mask
     raise ValueError(
-        f"patch mask has shape {tuple(mask.shape)}; expected {edges} or ({batch}, {edges[0]}, "
-        f"{edges[1]}) for this graph and a batch of {batch}"
+        f"patch mask has shape {tuple(mask.shape)}; expected {edges}, ({batch}, {edges[0]}, "
+        f"{edges[1]}) or ({batch}, {pos}, {edges[0]}, {edges[1]}) for this graph and a batch "
+        f"of {batch} x {pos}"
     )
+
+
+def _check_head_rows(rows: torch.Tensor, batch: int, pos: int) -> torch.Tensor:
+    if tuple(rows.shape) != (batch, pos) or rows.dtype != torch.long:
+        raise ValueError(
+            f"head_rows must be a long tensor of shape ({batch}, {pos}), got "
+            f"{rows.dtype} {tuple(rows.shape)}"
+        )
+    if int(rows.min()) < 0 or int(rows.max()) >= batch:
+        raise ValueError(f"head_rows must index rows 0..{batch - 1}")
+    return rows
 
 
 def _check_patch_sources(patch: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -11,6 +11,9 @@ from acd.errors import TaskError
 
 METRIC_NAMES = ("logit_diff", "prob_diff", "logprob", "kl", "l2")
 
+# The span names of a batch whose prompts name no spans: every real position is in "all".
+DEFAULT_SPAN_NAMES = ("all",)
+
 # Token ids of N prompts: an [N, T] tensor, or N lists of ids (ragged; right-padded here).
 TokenRows = torch.Tensor | Sequence[Sequence[int]]
 
@@ -24,6 +27,9 @@ class PromptPair:
     ``answer_ids``/``wrong_ids`` give the answers as token ids instead (EAP-IG's CSV columns).
     ``score_from_word`` marks, for induction, the first word of the part whose next-word
     log-probabilities the metric averages.
+    ``spans`` names character ranges ``(name, start, end)`` (end exclusive) of the clean text;
+    a name may have several ranges, and a range may be empty (it still names the span). The
+    corrupted prompt has the same token layout, so it needs none (docs/tasks.md, "Spans").
     """
 
     clean: str
@@ -33,6 +39,12 @@ class PromptPair:
     answer_ids: tuple[int, ...] = ()
     wrong_ids: tuple[int, ...] = ()
     score_from_word: int | None = None
+    spans: tuple[tuple[str, int, int], ...] = ()
+
+
+def _unset_span_index() -> torch.Tensor:
+    """PromptBatch's default span_index, an empty tensor that __post_init__ replaces."""
+    return torch.empty(0, 0, dtype=torch.long)
 
 
 @dataclass
@@ -47,6 +59,9 @@ class PromptBatch:
         score_mask: [N, T] bool, the positions whose logits the metric reads.
         targets: [N, T] the token each scored position should predict (``logprob``); 0 elsewhere.
         correct, wrong: [N, K] answer token ids, padded; correct_mask, wrong_mask: [N, K] bool.
+        span_index: [N, T] long, the index into ``span_names`` (P names) of the span of every
+            real position, -1 on padding. Left out, it puts every real position in span 0
+            (``span_names`` defaults to the single span "all").
     """
 
     clean: torch.Tensor
@@ -60,6 +75,14 @@ class PromptBatch:
     wrong_mask: torch.Tensor
     metric: str
     pairs: list[PromptPair] = field(default_factory=list)
+    span_names: tuple[str, ...] = DEFAULT_SPAN_NAMES
+    span_index: torch.Tensor = field(default_factory=_unset_span_index)
+
+    def __post_init__(self) -> None:
+        # A real batch has N >= 1 prompts of T >= 1 positions, so an empty span_index can only
+        # be the default: every real position in span 0.
+        if self.span_index.numel() == 0 and self.clean.numel() > 0:
+            self.span_index = single_span_index(self.lengths, self.clean.shape[1])
 
     @classmethod
     def from_token_ids(
@@ -75,6 +98,8 @@ class PromptBatch:
         lengths: torch.Tensor | Sequence[int] | None = None,
         pad_id: int = 0,
         pairs: Sequence[PromptPair] = (),
+        span_names: Sequence[str] | None = None,
+        span_index: torch.Tensor | None = None,
     ) -> PromptBatch:
         """A validated batch from token ids, with the defaults a task's encoder fills.
 
@@ -90,6 +115,8 @@ class PromptBatch:
                 position is a real token, 0 elsewhere.
             lengths: [N]; default: each list's length, or T for a tensor.
             pairs: the N prompt pairs as text, where there are any.
+            span_names, span_index: the P span names and the [N, T] span of every position
+                (-1 exactly on padding), both or neither; default: the single span "all".
 
         Raises TaskError, one line, when a shape or a value does not fit.
         """
@@ -104,6 +131,7 @@ class PromptBatch:
         wrong_ids, wrong_mask = _answer_ids(
             [[]] * n if wrong is None else wrong, n, "wrong", device
         )
+        names, spans = _spans(span_names, span_index, lengths, clean_ids.shape[1])
         return cls(
             clean=clean_ids,
             corrupted=corrupt_ids,
@@ -116,6 +144,8 @@ class PromptBatch:
             wrong_mask=wrong_mask,
             metric=metric,
             pairs=list(pairs),
+            span_names=names,
+            span_index=spans,
         )
 
     def __len__(self) -> int:
@@ -133,6 +163,12 @@ class PromptBatch:
             **{name: getattr(self, name)[index] for name in BATCH_TENSOR_FIELDS},
             pairs=pairs,
         )
+
+    def span_positions(self, name: str) -> torch.Tensor:
+        """[N, T] bool: the positions of the span ``name`` (none of the padding)."""
+        if name not in self.span_names:
+            raise TaskError(f"unknown span {name!r}; the spans are {', '.join(self.span_names)}")
+        return self.span_index == self.span_names.index(name)
 
     def split(self, batch_size: int) -> list[PromptBatch]:
         """Consecutive sub-batches of at most ``batch_size`` prompts."""
@@ -156,7 +192,14 @@ BATCH_TENSOR_FIELDS = (
     "correct_mask",
     "wrong",
     "wrong_mask",
+    "span_index",
 )
+
+
+def single_span_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[N, width] long: 0 on each prompt's real positions (the one span), -1 on padding."""
+    real = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+    return torch.where(real, 0, -1)
 
 
 def pad_rows(rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
@@ -203,6 +246,41 @@ def _scoring(
     _check_shape(targets, (n, width), "targets")
     _check_integer(targets, "targets")
     return score_mask, targets
+
+
+def _spans(
+    names: Sequence[str] | None,
+    index: torch.Tensor | None,
+    lengths: torch.Tensor,
+    width: int,
+) -> tuple[tuple[str, ...], torch.Tensor]:
+    """The P span names and the [N, T] span index, checked; default: the single span "all"."""
+    if names is None and index is None:
+        return DEFAULT_SPAN_NAMES, single_span_index(lengths, width)
+    if names is None or index is None:
+        raise TaskError("give span_names and span_index together, or neither")
+    names = tuple(names)
+    if not names or any(not isinstance(s, str) or not s for s in names):
+        raise TaskError(f"span_names must be non-empty strings, at least one, got {list(names)}")
+    if len(set(names)) != len(names):
+        raise TaskError(f"span_names must be distinct, got {list(names)}")
+    _check_shape(index, (len(lengths), width), "span_index")
+    _check_integer(index, "span_index")
+    index = index.long().to(lengths.device)
+    if int(index.min()) < -1 or int(index.max()) >= len(names):
+        raise TaskError(
+            f"span_index values must lie in -1..{len(names) - 1}, got "
+            f"{int(index.min())}..{int(index.max())}"
+        )
+    padding = single_span_index(lengths, width) < 0
+    misplaced = ((index < 0) != padding).any(dim=1).nonzero()
+    if len(misplaced):
+        i = int(misplaced[0])
+        raise TaskError(
+            f"span_index of prompt {i} must be -1 exactly on its padding (positions >= "
+            f"{int(lengths[i])})"
+        )
+    return names, index
 
 
 def _rows_shape(rows: TokenRows) -> str:

@@ -1,5 +1,6 @@
 """Text to token ids: ``encode_pairs`` tokenizes prompt pairs for one tokenizer and validates
-every pair on the way (unknown words, clean/corrupted length, one-token answers)."""
+every pair on the way (unknown words, clean/corrupted length, one-token answers), and maps the
+named character spans of each clean prompt to its token positions (docs/tasks.md, "Spans")."""
 
 from __future__ import annotations
 
@@ -12,13 +13,23 @@ from acd.errors import TaskError
 from acd.tasks.batch import METRIC_NAMES, PromptBatch, PromptPair
 
 
-def encode_pairs(pairs: Sequence[PromptPair], tokenizer: Any, metric: str) -> PromptBatch:
+def encode_pairs(
+    pairs: Sequence[PromptPair],
+    tokenizer: Any,
+    metric: str,
+    span_order: Sequence[str] | None = None,
+) -> PromptBatch:
     """Tokenize and validate prompt pairs for one tokenizer.
 
     Raises TaskError naming the offending text when a word is unknown to the tokenizer, when a
     clean prompt and its corrupted twin differ in token length, or when an answer is not one
     token. The metric reads the last real position of each prompt, or (``score_from_word``)
     every position from that word on that predicts a word of the prompt.
+
+    The batch's spans come from the pairs' ``spans`` (all pairs name spans, or none does: then
+    the single span "all"). ``span_order`` gives the canonical order of the span names (the
+    task's, so that every batch of a task has the same names); names it lacks follow in the
+    order they first appear in the pairs. See ``_token_spans`` for which token is in which span.
     """
     if metric not in METRIC_NAMES:
         raise TaskError(f"unknown metric {metric!r}; choose one of {', '.join(METRIC_NAMES)}")
@@ -41,6 +52,7 @@ def encode_pairs(pairs: Sequence[PromptPair], tokenizer: Any, metric: str) -> Pr
             if not c or not w:
                 raise TaskError(f"prompt {p.clean!r} needs both an answer and a wrong answer")
     bos_offset = 1 if tokenizer.bos_token_id is not None else 0
+    span_names, span_index = _span_layout(tokenizer, pairs, clean_ids, span_order, bos_offset)
     return PromptBatch.from_token_ids(
         clean_ids,
         corrupt_ids,
@@ -50,6 +62,8 @@ def encode_pairs(pairs: Sequence[PromptPair], tokenizer: Any, metric: str) -> Pr
         score_mask=_score_mask(pairs, [len(ids) for ids in clean_ids], bos_offset),
         pad_id=_pad_id(tokenizer),
         pairs=pairs,
+        span_names=span_names,
+        span_index=span_index,
     )
 
 
@@ -66,6 +80,140 @@ def _score_mask(pairs: Sequence[PromptPair], lengths: list[int], bos_offset: int
             first = bos_offset + p.score_from_word - 1
             mask[i, first : length - 1] = True
     return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Spans: character ranges of the clean prompts to token positions
+
+
+def _span_layout(
+    tokenizer: Any,
+    pairs: Sequence[PromptPair],
+    clean_ids: list[list[int]],
+    span_order: Sequence[str] | None,
+    bos_offset: int,
+) -> tuple[tuple[str, ...] | None, torch.Tensor | None]:
+    """The P span names and the [N, T] span of every clean position (-1 on padding); (None,
+    None) when no pair names spans (from_token_ids then gives the single span "all")."""
+    named = [bool(p.spans) for p in pairs]
+    if not any(named):
+        return None, None
+    if not all(named):
+        text = pairs[named.index(False)].clean
+        raise TaskError(f"prompt {text!r} names no spans but other prompts do; give all or none")
+    names = _span_names(pairs, span_order)
+    texts = [p.clean for p in pairs]
+    offsets = _token_offsets(tokenizer, texts, [ids[bos_offset:] for ids in clean_ids])
+    index = torch.full((len(pairs), max(len(ids) for ids in clean_ids)), -1, dtype=torch.long)
+    for i, (p, token_offsets) in enumerate(zip(pairs, offsets)):
+        row = _token_spans(p, token_offsets, names, bos_offset)
+        index[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return names, index
+
+
+def _span_names(pairs: Sequence[PromptPair], span_order: Sequence[str] | None) -> tuple[str, ...]:
+    """``span_order``, then the pairs' other span names in the order they first appear."""
+    names = dict.fromkeys(span_order or ())
+    for p in pairs:
+        for name, _, _ in p.spans:
+            names.setdefault(name)
+    return tuple(names)
+
+
+def _token_spans(
+    pair: PromptPair, offsets: list[tuple[int, int]], names: tuple[str, ...], bos_offset: int
+) -> list[int]:
+    """The span index of each token of ``pair.clean`` (BOS first where there is one).
+
+    A token is in the span whose range holds the token's last non-whitespace character (so
+    " Mary" is in the span of "Mary", and "17" "32" of "1732" can fall in two spans). A token
+    no range covers (BOS, a whitespace-only token, text outside every range) is in the span of
+    the nearest token before it that is covered, or in the first span of ``names`` when none
+    is. A span named END holds the last token, whatever range that token is in: END is the
+    final position.
+    """
+    char_span = _char_spans(pair, names)
+    row = [-1] * bos_offset + [_covering_span(pair.clean, char_span, s, e) for s, e in offsets]
+    current = 0  # the first span, for the tokens before the first covered one
+    for j, span in enumerate(row):
+        if span < 0:
+            row[j] = current
+        else:
+            current = span
+    if "END" in names:
+        row[-1] = names.index("END")
+    return row
+
+
+def _char_spans(pair: PromptPair, names: tuple[str, ...]) -> list[int]:
+    """The span index of each character of ``pair.clean``, -1 where no range covers it; a
+    range outside the text or two ranges over one character are a TaskError."""
+    text = pair.clean
+    char_span = [-1] * len(text)
+    for name, start, end in pair.spans:
+        if not 0 <= start <= end <= len(text):
+            raise TaskError(
+                f"prompt {text!r}: span {name!r} range [{start}, {end}) is outside the text "
+                f"(0..{len(text)})"
+            )
+        span = names.index(name)
+        for c in range(start, end):
+            if char_span[c] >= 0:
+                raise TaskError(
+                    f"prompt {text!r}: spans {names[char_span[c]]!r} and {name!r} overlap at "
+                    f"character {c}"
+                )
+            char_span[c] = span
+    return char_span
+
+
+def _covering_span(text: str, char_span: list[int], start: int, end: int) -> int:
+    """The span of the last non-whitespace character of text[start:end], -1 if none."""
+    for c in range(min(end, len(text)) - 1, start - 1, -1):
+        if not text[c].isspace():
+            return char_span[c]
+    return -1
+
+
+def _token_offsets(
+    tokenizer: Any, texts: Sequence[str], ids: list[list[int]]
+) -> list[list[tuple[int, int]]]:
+    """The character range (start, end) of each token of each text (``ids``: without BOS).
+
+    The Rust tokenizer reports them; for any other tokenizer they are found by encoding
+    prefixes of the text (slow, but right for any tokenizer that encodes a prefix ending at a
+    token boundary to the same leading tokens).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encoded = backend.encode_batch(list(texts), add_special_tokens=False)
+        return [list(e.offsets) for e in encoded]
+    return [_offsets_by_prefixes(tokenizer, text, row) for text, row in zip(texts, ids)]
+
+
+def _offsets_by_prefixes(tokenizer: Any, text: str, ids: list[int]) -> list[tuple[int, int]]:
+    """Token j ends where the shortest prefix of ``text`` encoding to ids[:j+1] (and maybe
+    more) ends; it starts where token j-1 ends, so it may include the whitespace before it."""
+
+    def prefix_ids(end: int) -> list[int]:
+        try:
+            return list(tokenizer(text[:end], add_special_tokens=False)["input_ids"])
+        except Exception:  # a tokenizer may refuse part of a word: no token ends there
+            return []
+
+    offsets = []
+    start = 0
+    for j in range(len(ids)):
+        end = min(start + 1, len(text))
+        while end < len(text) and prefix_ids(end)[: j + 1] != ids[: j + 1]:
+            end += 1
+        offsets.append((start, end))
+        start = end
+    return offsets
+
+
+# --------------------------------------------------------------------------------------------
+# Token ids
 
 
 def _encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:

@@ -117,6 +117,7 @@ def _template_task(spec: TemplateFile, path: Path, common: dict[str, Any]) -> Te
         groups=[t.group for t in spec.templates],
         prefix_list=spec.prefix.list if spec.prefix else None,
         prefix_count=spec.prefix.count if spec.prefix else (0, 0),
+        span_schema=spec.spans,
     )
 
 
@@ -146,6 +147,7 @@ def _pair_from_record(record: PairRecord) -> PromptPair:
         wrongs=_first(record.wrong, record.incorrect),
         answer_ids=_first(record.correct_idx, record.answer_idx),
         wrong_ids=_first(record.incorrect_idx, record.wrong_idx),
+        spans=record.spans or (),
     )
 
 

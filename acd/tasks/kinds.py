@@ -5,12 +5,18 @@
 - ``InductionTask``: a random word sequence repeated once (the corrupted prompt's first half is
   replaced by other words, so nothing can be copied);
 - ``PairsTask``: prompt pairs read from a CSV or JSONL file (EAP-IG's column names work).
+
+Template and induction prompts name the spans of their clean text (``PromptPair.spans``, see
+docs/tasks.md, "Spans"); a pair file may give them in a ``spans`` column.
 """
 
 from __future__ import annotations
 
 import random
+import re
+import string
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,10 +28,18 @@ from acd.errors import TaskError
 from acd.tasks.batch import PromptBatch, PromptPair
 
 
-def _encode_pairs(pairs: Sequence[PromptPair], tokenizer: Any, metric: str) -> PromptBatch:
+def _encode_pairs(
+    pairs: Sequence[PromptPair],
+    tokenizer: Any,
+    metric: str,
+    span_order: Sequence[str] | None = None,
+) -> PromptBatch:
     """``acd.tasks.encode_pairs``, looked up on the package at each call so that one patch of
-    ``acd.tasks.encode_pairs`` (tests/test_heldout.py records every encoding) sees them all."""
-    return acd.tasks.encode_pairs(pairs, tokenizer, metric)
+    ``acd.tasks.encode_pairs`` (tests/test_heldout.py records every encoding) sees them all.
+    ``span_order`` is passed only when there is one: that recorder takes three arguments."""
+    if span_order is None:
+        return acd.tasks.encode_pairs(pairs, tokenizer, metric)
+    return acd.tasks.encode_pairs(pairs, tokenizer, metric, span_order=span_order)
 
 
 @dataclass
@@ -69,6 +83,25 @@ class TemplateTask(Task):
     # ``prefix_count``, inclusive) put before both prompts of a pair, so the variables move.
     prefix_list: str | None = None
     prefix_count: tuple[int, int] = (0, 0)
+    # The task file's ``spans``: the spans kept after "start", in this order (empty: "start",
+    # every variable occurrence and "END"; see ``span_order``).
+    span_schema: tuple[str, ...] = ()
+
+    def encode(self, pairs: Sequence[PromptPair], tokenizer: Any) -> PromptBatch:
+        return _encode_pairs(pairs, tokenizer, self.metric, self.span_order())
+
+    def span_order(self) -> tuple[str, ...]:
+        """The names of the spans kept, in their canonical order: "start" and the schema, or
+        (no schema) "start", each variable occurrence (variables in their declared order,
+        e.g. IO, S1, S2) and "END"."""
+        if self.span_schema:
+            return ("start", *self.span_schema)
+        occurrences: list[str] = []
+        for variable in self.variables:
+            for clean, _ in self.templates:
+                names, variables, _ = _template_parts(clean)
+                occurrences += [n for n, v in zip(names, variables) if v == variable]
+        return ("start", *dict.fromkeys(occurrences), "END")
 
     def restricted(self, group: str | None = None, prefix_count: int | None = None) -> TemplateTask:
         """The same task with only the templates of ``group`` and/or exactly ``prefix_count``
@@ -136,6 +169,7 @@ class TemplateTask(Task):
         """``prompt_pairs(n, seed)``, each with the value of every template variable it was
         filled with (so that a caller can find where each variable sits, e.g. acd.roles)."""
         rng = random.Random(f"{self.name}:{seed}")
+        kept = set(self.span_order())
         pairs = []
         for _ in range(n):
             clean_t, corrupt_t = rng.choice(self.templates)
@@ -152,9 +186,96 @@ class TemplateTask(Task):
                 corrupted=prefix + corrupt_t.format(**values),
                 answers=answers,
                 wrongs=wrongs,
+                spans=kept_spans(fine_spans(prefix, clean_t, values), kept),
             )
             pairs.append((pair, values))
         return pairs
+
+
+def template_span_names(template: str) -> set[str]:
+    """Every fine span name a prompt of ``template`` can have (``fine_spans``)."""
+    variables = _template_parts(template)[1]
+    # Values of two characters: a variable at the very end keeps one besides END's.
+    values = dict.fromkeys(variables, "xx")
+    return {"start", "END"} | {name for name, s, e in fine_spans("", template, values) if s < e}
+
+
+def fine_spans(prefix: str, template: str, values: dict[str, str]) -> list[tuple[str, int, int]]:
+    """The fine spans of ``prefix + template.format(**values)``: (name, start, end) character
+    ranges that tile the text, in text order (some may be empty).
+
+    "start" is the prefix and the text before the first variable; each variable occurrence is
+    named by its variable, numbered when it occurs more than once in the template (S1, S2);
+    the text after occurrence X up to the next one is "X+1" (its first word) and "X+" (the
+    rest); "END" is the text's last non-whitespace character.
+    """
+    names, variables, literals = _template_parts(template)
+    spans = [("start", 0, len(prefix) + len(literals[0]))]
+    position = spans[0][2]
+    for name, variable, literal in zip(names, variables, literals[1:]):
+        value_end = position + len(values[variable])
+        first_word = re.match(r"\s*\S+", literal)
+        word_end = value_end + (first_word.end() if first_word else 0)
+        literal_end = value_end + len(literal)
+        spans += [
+            (name, position, value_end),
+            (f"{name}+1", value_end, word_end),
+            (f"{name}+", word_end, literal_end),
+        ]
+        position = literal_end
+    text = prefix + template.format(**values)
+    return _split_off_end(spans, len(text.rstrip()) - 1)
+
+
+def kept_spans(
+    fine: list[tuple[str, int, int]], kept: set[str]
+) -> tuple[tuple[str, int, int], ...]:
+    """The fine spans with each one not in ``kept`` merged into the nearest non-empty kept span
+    before it ("start", which comes first, is always kept). Adjacent ranges of one name are
+    joined and empty ones dropped; "start" comes first even when empty (BOS is in it)."""
+    out = [("start", 0, 0)]
+    current = "start"
+    for name, start, end in fine:
+        if start == end:
+            continue
+        if name in kept:
+            current = name
+        last_name, last_start, last_end = out[-1]
+        if last_name == current and last_end == start:
+            out[-1] = (current, last_start, end)
+        else:
+            out.append((current, start, end))
+    return tuple(out)
+
+
+def _template_parts(template: str) -> tuple[list[str], list[str], list[str]]:
+    """A template's variable occurrences: their span names (the variable, numbered when it
+    occurs more than once: S1, S2), their variables, and the k + 1 literal texts around the k
+    occurrences (before the first, between, after the last; ``{{`` already made ``{``)."""
+    variables: list[str] = []
+    literals = [""]
+    for literal, name, _, _ in string.Formatter().parse(template):
+        literals[-1] += literal
+        if name is not None:
+            variables.append(name)
+            literals.append("")
+    counts, seen = Counter(variables), Counter()
+    names = []
+    for variable in variables:
+        seen[variable] += 1
+        names.append(variable if counts[variable] == 1 else f"{variable}{seen[variable]}")
+    return names, variables, literals
+
+
+def _split_off_end(spans: list[tuple[str, int, int]], last: int) -> list[tuple[str, int, int]]:
+    """The spans with character ``last`` taken out of the one holding it, as the span "END"."""
+    out = []
+    for name, start, end in spans:
+        if start <= last < end:
+            out += [(name, start, last), ("END", last, last + 1), (name, last + 1, end)]
+        else:
+            out.append((name, start, end))
+    return out
 
 
 @dataclass
@@ -188,16 +309,20 @@ class InductionTask(Task):
                     corrupted=" ".join(prefix + other + seq),
                     # The repeat's second word is the first one that can be predicted by copying.
                     score_from_word=n_prefix + half + 1,
+                    spans=_induction_spans(prefix, seq),
                 )
             )
         return pairs
+
+    def span_order(self) -> tuple[str, ...]:
+        return INDUCTION_SPANS
 
     def restricted(self, half_length: int, prefix_length: int = 0) -> InductionTask:
         """The same task with one fixed half length and prefix length."""
         return replace(self, half_lengths=(half_length,) * 2, prefix_lengths=(prefix_length,) * 2)
 
     def encode(self, pairs: Sequence[PromptPair], tokenizer: Any) -> PromptBatch:
-        batch = _encode_pairs(pairs, tokenizer, self.metric)
+        batch = _encode_pairs(pairs, tokenizer, self.metric, self.span_order())
         bos = 1 if tokenizer.bos_token_id is not None else 0
         for p, length in zip(pairs, batch.lengths.tolist()):
             expected = len(p.clean.split()) + bos
@@ -207,6 +332,22 @@ class InductionTask(Task):
                     "every word of the pool must be a single token"
                 )
         return batch
+
+
+# An induction prompt's spans: BOS and the random prefix words, the sequence, its repeat.
+INDUCTION_SPANS = ("start", "first", "second")
+
+
+def _induction_spans(prefix: list[str], seq: list[str]) -> tuple[tuple[str, int, int], ...]:
+    """The character ranges of ``" ".join(prefix + seq + seq)``'s three spans (the space
+    before a part goes with it; "start" is empty when there is no prefix)."""
+    start_end = len(" ".join(prefix))
+    first_end = len(" ".join(prefix + seq))
+    return (
+        ("start", 0, start_end),
+        ("first", start_end, first_end),
+        ("second", first_end, len(" ".join(prefix + seq + seq))),
+    )
 
 
 def _draw(rng: random.Random, bounds: tuple[int, int]) -> int:
@@ -231,6 +372,14 @@ class PairsTask(Task):
         order = list(range(len(self.rows)))
         random.Random(f"{self.name}:{seed}").shuffle(order)
         return [self.rows[i] for i in order[:n]]
+
+    def encode(self, pairs: Sequence[PromptPair], tokenizer: Any) -> PromptBatch:
+        return _encode_pairs(pairs, tokenizer, self.metric, self.span_order() or None)
+
+    def span_order(self) -> tuple[str, ...]:
+        """The span names of all the file's rows, in the order they first appear: every
+        sample of rows (discovery's, evaluation's) gets the same names in the same order."""
+        return tuple(dict.fromkeys(name for row in self.rows for name, _, _ in row.spans))
 
 
 @dataclass

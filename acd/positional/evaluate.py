@@ -1,0 +1,74 @@
+"""Evaluate a positional circuit: its kept positional edges clean, every other part patched.
+
+A positional circuit is a bool [n_src, P, n_dst, P] mask. Evaluating it patches, at every
+position, every plain edge whose positional part there is not kept: for a destination that
+reads its own position t (span p), u -> v is patched unless (u@p -> v@p) is kept; for a key or
+value input, what the queries of span q see of position t's key is patched unless
+(u@p -> v@q) is kept. Parts that are not positional edges (a span that no prompt of the
+discovery batch had, a key after every query) are patched as well, so that the figures do not
+depend on which prompts built the graph. Patching everything is the plain empty circuit and
+keeping everything the full model, so faithfulness is measured against the same two ends as
+for plain circuits (acd.evaluate).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from acd.evaluate import CircuitEvaluation, circuit_evaluation
+from acd.positional.runs import run_positional_patched
+
+if TYPE_CHECKING:
+    from acd.positional.graph import PositionalGraph
+    from acd.runner import PromptRunner
+
+
+def evaluate_positional_with(
+    runner: PromptRunner, pgraph: PositionalGraph, masks: torch.Tensor
+) -> list[CircuitEvaluation]:
+    """Evaluate positional circuits ([k, n_src, P, n_dst, P] bool) on the runner's prompts
+    (``acd.positional.scores.positional_runner``): one positional forward (P copies) per
+    circuit and chunk; the full and empty circuits come from the runner's reference."""
+    if masks.dim() != 5 or tuple(masks.shape[1:]) != pgraph.shape:
+        raise ValueError(
+            f"positional circuit masks have shape {tuple(masks.shape)}; expected (k, "
+            f"{', '.join(map(str, pgraph.shape))})"
+        )
+    kept = masks.bool().cpu() & pgraph.valid
+    everything = pgraph.graph.valid[:, None, :, None].expand(pgraph.shape)
+    reference = runner.reference()
+    per_circuit: list[list[torch.Tensor]] = [[] for _ in kept]
+    per_circuit_kl: list[list[torch.Tensor]] = [[] for _ in kept]
+    for i, chunk in enumerate(runner.chunks):
+        for c, circuit in enumerate(kept):
+            if bool(circuit.eq(pgraph.valid).all()):
+                logits = runner.clean_at(i)
+            elif not bool(circuit.any()):
+                logits = runner.empty_at(i)
+            else:
+                logits = run_positional_patched(
+                    runner.model,
+                    pgraph,
+                    chunk.clean,
+                    chunk.span_index,
+                    everything & ~circuit,
+                    runner.patch(i),
+                )
+            per_circuit[c].append(runner.metric_at(i, logits))
+            per_circuit_kl[c].append(runner.kl_to_full(i, logits))
+    columns = runner.gather(per_circuit + per_circuit_kl)
+    k = len(kept)
+    return [
+        circuit_evaluation(
+            runner.metric.name,
+            runner.ablation,
+            int(circuit.sum()),
+            columns[c],
+            reference.full,
+            reference.empty,
+            columns[k + c],
+        )
+        for c, circuit in enumerate(kept)
+    ]

@@ -1,0 +1,139 @@
+"""discover(positions=True) and ``acd discover --positions`` on the embedded model: the
+positional circuit equals the pipeline run by hand, survives circuit.json, and what has no
+positional form is refused before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import acd
+from acd.discover import RunConfig
+from acd.errors import AcdError
+from acd.export import load_circuit
+from acd.positional import (
+    PositionalGraph,
+    evaluate_positional_with,
+    positional_runner,
+    positional_scores,
+    prune_positional,
+)
+from acd.search import select_topn
+
+PROMPTS = 12
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return acd.load_model("toy", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ioi_circuit(toy):
+    return acd.discover(
+        "ioi",
+        toy,
+        method=acd.EAPIG(steps=3),
+        select=acd.TopN(10),
+        positions=True,
+        prompts=PROMPTS,
+        run=RunConfig(progress=False, trust=False, roles=False),
+    )
+
+
+def test_positional_discover_is_the_pipeline_by_hand(toy, ioi_circuit):
+    task = acd.load_task("ioi")
+    batch = task.make_batch(toy.tokenizer, PROMPTS, seed=0)
+    graph = acd.ComputeGraph.from_model(toy)
+    pgraph = PositionalGraph.from_batch(graph, batch)
+    scores = positional_scores(toy, pgraph, batch, "eap-ig", ig_steps=3, progress=False)
+    mask = prune_positional(select_topn(scores, pgraph.valid, 10), pgraph)
+    positional = ioi_circuit.positional
+    assert positional is not None
+    assert positional.spans == ("start", "IO", "S1", "S1+1", "S2", "END")
+    assert torch.allclose(positional.scores, scores.float(), atol=1e-5)
+    assert torch.equal(positional.mask, mask)
+    assert torch.equal(ioi_circuit.mask, pgraph.plain_mask(mask))
+    assert torch.allclose(ioi_circuit.scores, pgraph.aggregate(scores).float(), atol=1e-4)
+    runner = positional_runner(toy, pgraph, batch, batch_size=8)
+    expected = evaluate_positional_with(runner, pgraph, mask.unsqueeze(0))[0]
+    assert ioi_circuit.metrics["faithfulness"] == pytest.approx(expected.faithfulness, abs=1e-6)
+    assert ioi_circuit.metrics["n_edges"] == int(mask.sum())
+    assert ioi_circuit.metrics["n_plain_edges"] == int(pgraph.plain_mask(mask).sum())
+    assert ioi_circuit.params["positions"] is True
+
+
+def test_positional_circuit_survives_circuit_json(ioi_circuit, tmp_path):
+    ioi_circuit.save(tmp_path, formats=())
+    back = load_circuit(tmp_path / "circuit.json")
+    assert back.positional is not None and ioi_circuit.positional is not None
+    assert back.positional.spans == ioi_circuit.positional.spans
+    assert torch.equal(back.positional.mask, ioi_circuit.positional.mask)
+    assert torch.equal(back.positional.scores, ioi_circuit.positional.scores)
+    assert torch.equal(back.positional.graph.valid, ioi_circuit.positional.graph.valid)
+    assert back.positional.edges == ioi_circuit.positional.edges
+
+
+def test_a_broken_positions_section_is_refused(ioi_circuit, tmp_path):
+    import json
+
+    ioi_circuit.save(tmp_path, formats=())
+    path = tmp_path / "circuit.json"
+    document = json.loads(path.read_text())
+    document["positions"]["scores"] = document["positions"]["scores"][:-1]
+    path.write_text(json.dumps(document))
+    with pytest.raises(AcdError, match="positions.scores"):
+        load_circuit(path)
+    document["positions"]["scores"].append(0.0)
+    document["positions"]["edges"][0] = ["input@nowhere", "logits@END"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(AcdError, match=r"positions.edges\[0\]"):
+        load_circuit(path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method=acd.ACDC(tau=0.1)), "no positional form"),
+        (dict(method=acd.EAPIGActivations()), "no positional form"),
+        (dict(select=acd.Greedy(5)), "no positional form"),
+        (dict(level="node"), "level='edge'"),
+    ],
+)
+def test_what_has_no_positional_form_is_refused(kwargs, message):
+    with pytest.raises(AcdError, match=message):
+        acd.discover("ioi", "no-such-model-is-loaded", positions=True, **kwargs)
+
+
+def test_a_task_without_spans_is_refused(toy, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        '{"clean": "When Mary and John went to the store, John gave a drink to", '
+        '"corrupted": "When Anna and Paul went to the store, Mark gave a drink to", '
+        '"answer": " Mary", "wrong": " John"}'
+    ] * 4
+    pairs.write_text("\n".join(rows) + "\n")
+    with pytest.raises(AcdError, match="names no spans"):
+        acd.discover(str(pairs), toy, positions=True, prompts=4, run=RunConfig(progress=False))
+
+
+def test_induction_positional_circuit_reads_keys_across_halves(toy):
+    circuit = acd.discover(
+        "induction",
+        toy,
+        method=acd.EAP(),
+        select=acd.TopN(30),
+        positions=True,
+        prompts=PROMPTS,
+        run=RunConfig(progress=False, trust=False, roles=False),
+    )
+    positional = circuit.positional
+    assert positional is not None and positional.spans == ("start", "first", "second")
+    # Every kept edge into the logits is at the scored span, and some kept key or value edge
+    # reads the first half from the second half's queries (what copying needs).
+    pgraph = positional.graph
+    names = positional.edges
+    assert all(dst.endswith("@second") for src, dst in names if dst.startswith("logits"))
+    crossing = [(s, d) for s, d in names if ("<k>" in d or "<v>" in d) and s.endswith("@first")]
+    assert crossing and all(d.endswith("@second") for _, d in crossing)
+    assert pgraph.n_edges > circuit.graph.n_edges
