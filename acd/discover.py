@@ -256,8 +256,10 @@ def discover(
     if pgraph is not None:
         assert isinstance(method, ScoringMethod) and selection is not None  # _check_positional
         gate_after = None if gate_first else task.name
-        positional = _positional_circuit(runner, pgraph, method, selection, prune, run, gate_after)
-        scores, selected = pgraph.aggregate(positional.scores), positional.mask
+        positional, selected = _positional_circuit(
+            runner, pgraph, method, selection, prune, run, gate_after
+        )
+        scores = pgraph.aggregate(positional.scores)
         params.update(selection.params())
         params["metric"] = evaluation_metric
         params.update(method.params())
@@ -388,15 +390,16 @@ def _positional_circuit(
     prune: bool,
     run: RunConfig,
     gate_after: str | None,
-) -> PositionalCircuit:
-    """Score every positional edge, select, prune: the positional part of a circuit.
-    ``gate_after``: the task's name when the sanity gate runs after scoring (eap, eap-ig)."""
+) -> tuple[PositionalCircuit, torch.Tensor]:
+    """Score every positional edge, select, prune: the positional part of a circuit, and the
+    selected positional edges before pruning. ``gate_after``: the task's name when the sanity
+    gate runs after scoring (eap, eap-ig)."""
     scores = method.score_positions(runner, pgraph, progress=run.progress)
     if gate_after is not None:
         _sanity_gate(runner, gate_after, run.force)
     selected = _select_positional(selection, scores, pgraph)
     mask = prune_positional(selected, pgraph) if prune else selected
-    return PositionalCircuit(pgraph, mask, scores)
+    return PositionalCircuit(pgraph, mask, scores), selected
 
 
 def _select_positional(

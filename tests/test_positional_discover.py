@@ -137,3 +137,49 @@ def test_induction_positional_circuit_reads_keys_across_halves(toy):
     crossing = [(s, d) for s, d in names if ("<k>" in d or "<v>" in d) and s.endswith("@first")]
     assert crossing and all(d.endswith("@second") for _, d in crossing)
     assert pgraph.n_edges > circuit.graph.n_edges
+
+
+def test_acd_discover_positions_writes_a_positional_circuit(cached_toy, tmp_path, capsys):
+    from acd.cli import main
+
+    out = tmp_path / "x"
+    code = main(
+        ["discover", "ioi", "--positions", "--method", "eap", "--prompts", "8", "--edges", "12"]
+        + ["--no-trust", "--no-roles", "--quiet", "--out", str(out)]
+    )
+    assert code == 0
+    circuit = acd.load_circuit(out / "circuit.json")
+    assert circuit.positional is not None and circuit.params["positions"] is True
+    assert circuit.metrics["n_selected"] == 12
+    assert circuit.positional.n_edges == circuit.metrics["n_edges"] <= 12
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "acdc", "--tau", "0.1"], "--positions applies to --method eap"),
+        (["--level", "node"], "not with --level node"),
+        (["--selection", "greedy", "--edges", "5"], "no positional form"),
+    ],
+)
+def test_acd_discover_positions_refuses_what_it_cannot_do(tmp_path, capsys, args, message):
+    from acd.cli import main
+
+    code = main(["discover", "ioi", "--positions", *args, "--out", str(tmp_path / "x")])
+    assert code != 0
+    assert message in capsys.readouterr().err
+
+
+def test_acd_discover_positions_needs_a_task_with_spans(tmp_path, capsys):
+    from acd.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    row = (
+        '{"clean": "When Mary and John went to the store, John gave a drink to", '
+        '"corrupted": "When Anna and Paul went to the store, Mark gave a drink to", '
+        '"answer": " Mary", "wrong": " John"}'
+    )
+    pairs.write_text("\n".join([row] * 4) + "\n")
+    code = main(["discover", str(pairs), "--positions", "--out", str(tmp_path / "x")])
+    assert code != 0
+    assert "names no spans" in capsys.readouterr().err
