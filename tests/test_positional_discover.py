@@ -183,3 +183,24 @@ def test_acd_discover_positions_needs_a_task_with_spans(tmp_path, capsys):
     code = main(["discover", str(pairs), "--positions", "--out", str(tmp_path / "x")])
     assert code != 0
     assert "names no spans" in capsys.readouterr().err
+
+
+def test_eap_ig_json_of_a_positional_circuit_is_its_aggregate(ioi_circuit, tmp_path):
+    """EAP-IG's (and MIB's) graph files hold plain edges: a positional circuit is written as
+    the sum of its positional scores per plain edge, every plain edge with a kept part in the
+    graph — computed here from the positional tensors directly."""
+    from acd.export import read_eapig_json, write_eapig_json
+
+    positional = ioi_circuit.positional
+    assert positional is not None
+    path = write_eapig_json(ioi_circuit, tmp_path / "graph.json")
+    back = read_eapig_json(path)
+    graph = ioi_circuit.graph
+    summed = torch.zeros(graph.n_src, graph.n_dst)
+    kept = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
+    for u, p, v, q in positional.scores.nonzero().tolist():
+        summed[u, v] += positional.scores[u, p, v, q]
+    for u, p, v, q in positional.kept_index():
+        kept[u, v] = True
+    assert torch.allclose(back.scores, summed, atol=1e-5)
+    assert torch.equal(back.mask, kept)
