@@ -200,7 +200,35 @@ def test_eap_ig_json_of_a_positional_circuit_is_its_aggregate(ioi_circuit, tmp_p
     kept = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
     for u, p, v, q in positional.scores.nonzero().tolist():
         summed[u, v] += positional.scores[u, p, v, q]
-    for u, p, v, q in positional.kept_index():
+    for u, _, v, _ in positional.kept_index():
         kept[u, v] = True
     assert torch.allclose(back.scores, summed, atol=1e-5)
     assert torch.equal(back.mask, kept)
+
+
+def test_acd_evaluate_patches_a_positional_circuit_per_span(
+    ioi_circuit, toy, tmp_path, capsys, monkeypatch
+):
+    """``acd evaluate`` re-evaluates a positional circuit per (edge, span): the figure it prints
+    is the positional evaluation on its prompts, which differs from evaluating the plain
+    aggregate (that keeps every span of each touched plain edge)."""
+    from acd.cli import main
+    from acd.evaluate import evaluate_circuit
+    from acd.positional.evaluate import evaluate_positional_circuit
+
+    positional = ioi_circuit.positional
+    assert positional is not None
+    batch = acd.load_task("ioi").make_batch(toy.tokenizer, 16, seed=5)
+    got = evaluate_positional_circuit(toy, positional, batch)
+    pgraph = PositionalGraph.from_batch(ioi_circuit.graph, batch)
+    runner = positional_runner(toy, pgraph, batch)
+    expected = evaluate_positional_with(runner, pgraph, (positional.mask & pgraph.valid)[None])
+    assert got.faithfulness == pytest.approx(expected[0].faithfulness, abs=1e-9)
+    plain = evaluate_circuit(toy, ioi_circuit.graph, batch, ioi_circuit.mask)
+    assert abs(plain.faithfulness - got.faithfulness) > 1e-4
+    ioi_circuit.save(tmp_path, formats=())
+    import acd.cli as cli
+
+    monkeypatch.setattr(cli, "_load_model_verbose", lambda *a, **k: toy)  # as cached_toy does
+    assert main(["evaluate", str(tmp_path / "circuit.json"), "--prompts", "16", "--seed", "5"]) == 0
+    assert f"{got.faithfulness:.4f}" in capsys.readouterr().out

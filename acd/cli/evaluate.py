@@ -47,15 +47,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     batch = source.task.encode(pairs, model.tokenizer).to(model.device)
     start = time.perf_counter()
-    evaluation = evaluate_circuit(
-        model,
-        graph,
-        batch,
-        circuit.mask,
-        metric=evaluation_metric(args.metric, circuit, task),
-        ablation=evaluation_ablation(args.ablation, circuit),
-        batch_size=args.batch_size,
-    )
+    metric = evaluation_metric(args.metric, circuit, task)
+    ablation = evaluation_ablation(args.ablation, circuit)
+    if circuit.positional is not None:  # patched per (edge, span), as it was found
+        from acd.positional.evaluate import evaluate_positional_circuit
+
+        evaluation = evaluate_positional_circuit(
+            model,
+            circuit.positional,
+            batch,
+            metric=metric,
+            ablation=ablation,
+            batch_size=args.batch_size,
+        )
+    else:
+        evaluation = evaluate_circuit(
+            model,
+            graph,
+            batch,
+            circuit.mask,
+            metric=metric,
+            ablation=ablation,
+            batch_size=args.batch_size,
+        )
     if not is_main():
         return 0
     _print_evaluation(args, circuit, graph, task, model, source, evaluation.summary())

@@ -17,12 +17,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from acd.errors import AcdError
 from acd.evaluate import CircuitEvaluation, circuit_evaluation
 from acd.positional.runs import run_positional_patched
 
 if TYPE_CHECKING:
-    from acd.positional.graph import PositionalGraph
+    from acd.metrics import Metric
+    from acd.models.load import ModelAdapter
+    from acd.positional.graph import PositionalCircuit, PositionalGraph
     from acd.runner import PromptRunner
+    from acd.tasks import PromptBatch
 
 
 def evaluate_positional_with(
@@ -72,3 +76,31 @@ def evaluate_positional_with(
         )
         for c, circuit in enumerate(kept)
     ]
+
+
+def evaluate_positional_circuit(
+    model: ModelAdapter,
+    positional: PositionalCircuit,
+    batch: PromptBatch,
+    *,
+    metric: str | Metric = "task",
+    ablation: str = "corrupted",
+    batch_size: int | None = None,
+) -> CircuitEvaluation:
+    """A saved positional circuit on other prompts (``acd evaluate``): the prompts must name the
+    circuit's spans; their own positional graph decides nothing here, since every part the
+    circuit does not keep is patched (module docstring)."""
+    from acd.positional.graph import PositionalGraph
+    from acd.positional.scores import positional_runner
+
+    spans = positional.graph.spans
+    if tuple(batch.span_names) != spans:
+        raise AcdError(
+            f"the circuit's spans are {list(spans)} but these prompts name "
+            f"{list(batch.span_names)}: evaluate it on prompts of the task it was found on"
+        )
+    pgraph = PositionalGraph.from_batch(positional.graph.graph, batch)
+    runner = positional_runner(model, pgraph, batch, metric, ablation, batch_size)
+    # Parts kept by the circuit but not positional edges of these prompts carry nothing here.
+    kept = positional.mask & pgraph.valid
+    return evaluate_positional_with(runner, pgraph, kept.unsqueeze(0))[0]
