@@ -233,11 +233,12 @@ class Circuit:
 
         return summary_markdown(self)
 
-    def to_networkx(self) -> nx.MultiDiGraph:
-        """The kept edges as a networkx MultiDiGraph (see ``acd.export.to_networkx``)."""
+    def to_networkx(self, *, aggregate: bool = False) -> nx.MultiDiGraph:
+        """The kept edges as a networkx MultiDiGraph (see ``acd.export.to_networkx``): for a
+        positional circuit its positional graph, or with ``aggregate`` its plain view."""
         from acd.export import to_networkx  # at call time: acd.export imports this module
 
-        return to_networkx(self)
+        return to_networkx(self, aggregate=aggregate)
 
     def __repr__(self) -> str:
         f = self.metrics.get("faithfulness")

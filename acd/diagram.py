@@ -49,6 +49,10 @@ Stability (the trust report's ``circuit.edge_inclusion``, acd.trust): an edge ke
 than half of the prompt resamples' circuits is dashed, and every edge's tooltip gives its
 inclusion share; the legend explains the dashes when one is drawn.
 
+Positional circuits (``circuit.positional``, acd.positional) are drawn by
+``acd.positional.diagram``: the spans as columns, the same rows, colours and widths, each node
+in the cell of the span where it acts.
+
 The DOT text is deterministic: the same circuit gives the same bytes.
 """
 
@@ -129,7 +133,8 @@ UNSTABLE_INCLUSION = 0.5
 
 
 def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
-    """The Graphviz DOT source of ``circuit`` (see the module docstring for the design).
+    """The Graphviz DOT source of ``circuit`` (see the module docstring for the design; a
+    positional circuit's is ``acd.positional.diagram.positional_circuit_dot``).
 
     Draws every kept edge, or past ``max_edges`` the ``max_edges`` edges of largest |score|
     (ties by edge index) and says so in the title. Deterministic: the same circuit gives the
@@ -140,6 +145,11 @@ def circuit_dot(circuit: Circuit, *, max_edges: int = 300) -> str:
     """
     if isinstance(max_edges, bool) or not isinstance(max_edges, int) or max_edges < 1:
         raise AcdError(f"max_edges must be a whole number of at least 1; got {max_edges!r}")
+    if circuit.positional is not None:
+        # imported here: acd.positional.diagram builds on this module's helpers
+        from acd.positional.diagram import positional_circuit_dot
+
+        return positional_circuit_dot(circuit, max_edges=max_edges)
     graph = circuit.graph
     kept = _kept_edges(circuit)
     drawn = _largest_edges(kept, max_edges)

@@ -3,7 +3,9 @@
 # prompts, seed 0) on the embedded model, for each shipped task, into graphs/toy/<task>/eap-ig/
 # (named with --out: discover's default folder is out/<model>/<task>/<method>/, outside the gallery),
 # then the task's EAP-IG faithfulness curve (curve.json, curve.png/svg) and circuit.html again with
-# that curve, so that the page's size slider shows the faithfulness measured at each size.
+# that curve, so that the page's size slider shows the faithfulness measured at each size; and the
+# positional circuit of each task (`--positions`: edges at the task's named spans) into
+# graphs/toy/<task>/eap-ig-positions/.
 #
 #   bash graphs/regenerate.sh            # uses `acd` from .venv/ if there is one, else PATH
 set -euo pipefail
@@ -15,4 +17,5 @@ for task in ioi greater-than induction; do
   "$acd" discover "$task" --quiet --out "$out"
   "$acd" curve "$task" --methods eap-ig --out "$out/curve" >/dev/null
   "$acd" render "$out/circuit.json" --format html --curve "$out/curve.json"
+  "$acd" discover "$task" --positions --quiet --out "graphs/toy/$task/eap-ig-positions"
 done

@@ -20,6 +20,14 @@ the data it draws is one JSON blob in ``<script type="application/json" id="acd-
                  removal harms the behaviour: -1 for task metrics such as logit_diff, +1 for
                  kl and l2) and the diagram's colours for needed / against / zero
     metrics, trust, node_scores, roles, badges, level, curve, reference, attention
+    positional   null for a plain circuit. For a positional circuit (``circuit.positional``):
+                 {spans, n_valid (valid positional edges), n_plain_kept, n_plain_valid}; then
+                 ``edges`` are positional edges [src, dst, score, p, q] (p, q: the source's and
+                 the destination's span index), ranked, embedded and kept as above but over
+                 the positional edges, and ``inclusion`` is each kept edge's plain edge's
+                 share (the trust report measures stability per plain edge). The page then
+                 lays the nodes out by span column and layer row, one copy of each node per
+                 span, as circuit.svg does. A reference overlay needs a plain circuit.
 
 Numbers are rounded to 4 significant digits (attention weights to 3 decimals) and every ``<``
 is written as ``\\u003c``, so no string in the data can close the script element.
@@ -133,16 +141,13 @@ def page_data(
         raise AcdError(f"max_ranked_edges must be a whole number, got {max_ranked_edges!r}")
     if max_ranked_edges < 1:
         raise AcdError(f"max_ranked_edges must be at least 1, got {max_ranked_edges}")
+    if reference is not None and circuit.positional is not None:
+        raise AcdError(
+            "a reference overlay compares plain edges; for a positional circuit draw its plain "
+            "view, dataclasses.replace(circuit, positional=None)"
+        )
     graph = circuit.graph
-    flat, ranks = ranked_edges(circuit.scores, circuit.mask, graph, max_ranked_edges)
-    n_top = min(max_ranked_edges, graph.n_edges)
-    position = {f: i for i, f in enumerate(flat)}
-    kept = [position[f] for f in circuit.mask.flatten().nonzero().flatten().tolist()]
-    kept.sort()
-    inclusion = None
-    if circuit.edge_inclusion is not None:
-        values = circuit.edge_inclusion.flatten()
-        inclusion = [_round(float(values[flat[i]])) for i in kept]
+    edges = _page_edges(circuit, max_ranked_edges)
     return {
         "title": {
             "task": circuit.task,
@@ -161,11 +166,7 @@ def page_data(
             [port.name, int(node), port.kind]
             for port, node in zip(graph.destinations, graph.dst_node_ids.tolist())
         ],
-        "edges": _edge_rows(flat, circuit.scores, graph),
-        "n_top": n_top,
-        "extra_ranks": ranks[n_top:],
-        "kept": kept,
-        "inclusion": inclusion,
+        **edges,
         "effect": score_effect(circuit),
         "metrics": _scalar_metrics(circuit.metrics),
         "trust": trust_line(circuit.metrics, "nodes" if circuit.level == "node" else "edges"),
@@ -181,13 +182,61 @@ def page_data(
     }
 
 
+def _page_edges(circuit: Circuit, limit: int) -> dict[str, Any]:
+    """The data's ``edges``, ``n_top``, ``extra_ranks``, ``kept``, ``inclusion`` and
+    ``positional``: over the plain edges, or a positional circuit's positional edges."""
+    graph = circuit.graph
+    positional = circuit.positional
+    if positional is None:
+        scores, mask, valid = circuit.scores, circuit.mask, graph.valid
+    else:
+        scores, mask, valid = positional.scores, positional.mask, positional.graph.valid
+    flat, ranks = _ranked_flat(scores, mask, valid, limit)
+    n_top = min(limit, int(valid.sum()))
+    position = {f: i for i, f in enumerate(flat)}
+    kept = sorted(position[f] for f in mask.flatten().nonzero().flatten().tolist())
+    if positional is None:
+        rows = _edge_rows(flat, scores, graph)
+    else:
+        rows = _positional_edge_rows(flat, scores)
+    inclusion = None
+    if circuit.edge_inclusion is not None:
+        # a positional edge's share is its plain edge's (stability is measured per plain edge)
+        values = circuit.edge_inclusion
+        inclusion = [_round(float(values[rows[i][0], rows[i][1]])) for i in kept]
+    info = None
+    if positional is not None:
+        info = {
+            "spans": list(positional.spans),
+            "n_valid": positional.graph.n_edges,
+            "n_plain_kept": circuit.n_edges,
+            "n_plain_valid": graph.n_edges,
+        }
+    return {
+        "edges": rows,
+        "n_top": n_top,
+        "extra_ranks": ranks[n_top:],
+        "kept": kept,
+        "inclusion": inclusion,
+        "positional": info,
+    }
+
+
 def ranked_edges(
     scores: torch.Tensor, mask: torch.Tensor, graph: ComputeGraph, limit: int
 ) -> tuple[list[int], list[int]]:
     """The embedded edges as flat indices (src * n_dst + dst), largest |score| first, and each
     one's 1-based rank among all valid edges: the ``limit`` top-ranked edges, then the kept
     edges ranked below them. Ties go to the lower edge index; a non-finite score ranks as 0."""
-    valid = graph.valid.flatten().nonzero().flatten()
+    return _ranked_flat(scores, mask, graph.valid, limit)
+
+
+def _ranked_flat(
+    scores: torch.Tensor, mask: torch.Tensor, valid_mask: torch.Tensor, limit: int
+) -> tuple[list[int], list[int]]:
+    """``ranked_edges`` over any tensor of edges (plain [n_src, n_dst] or positional
+    [n_src, P, n_dst, P]): flat indices into it and 1-based ranks among ``valid_mask``."""
+    valid = valid_mask.flatten().nonzero().flatten()
     magnitude = torch.nan_to_num(scores.flatten()[valid].double().abs(), nan=0.0, posinf=0.0)
     order = torch.sort(-magnitude, stable=True).indices  # stable: ties keep index order
     ranked = valid[order]
@@ -202,6 +251,19 @@ def ranked_edges(
 def _edge_rows(flat: list[int], scores: torch.Tensor, graph: ComputeGraph) -> list[list]:
     values = scores.flatten()[torch.tensor(flat, dtype=torch.long)].tolist() if flat else []
     return [[f // graph.n_dst, f % graph.n_dst, _round(v)] for f, v in zip(flat, values)]
+
+
+def _positional_edge_rows(flat: list[int], scores: torch.Tensor) -> list[list]:
+    """Positional edges [src, dst, score, p, q] from flat indices into [n_src, P, n_dst, P]."""
+    _, n_spans, n_dst, _ = scores.shape
+    values = scores.flatten()[torch.tensor(flat, dtype=torch.long)].tolist() if flat else []
+    rows = []
+    for f, value in zip(flat, values):
+        rest, q = divmod(f, n_spans)
+        rest, dst = divmod(rest, n_dst)
+        src, p = divmod(rest, n_spans)
+        rows.append([src, dst, _round(value), p, q])
+    return rows
 
 
 def _shape(graph: ComputeGraph) -> dict[str, Any]:

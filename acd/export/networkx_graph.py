@@ -1,11 +1,15 @@
 """The kept edges as a networkx MultiDiGraph, and its files: circuit.graphml (GraphML) and
-circuit.nodelink.json (node-link JSON)."""
+circuit.nodelink.json (node-link JSON).
+
+A positional circuit (``circuit.positional``, acd.positional) gives the positional graph: one
+node per (node, span), named ``name@span``, and one edge per kept positional edge;
+``to_networkx(circuit, aggregate=True)`` gives its plain-graph view instead."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
@@ -15,9 +19,19 @@ from acd.errors import AcdError
 from acd.export._json import finite_or_none, read_json
 from acd.graph import ComputeGraph
 
+if TYPE_CHECKING:
+    from acd.positional.graph import PositionalCircuit
 
-def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
+# GraphML has no list type: the graph attribute ``spans`` is the span names joined by this.
+SPAN_SEPARATOR = ","
+
+
+def to_networkx(circuit: Circuit, *, aggregate: bool = False) -> nx.MultiDiGraph:
     """The kept edges as a networkx MultiDiGraph, one networkx edge per circuit edge.
+
+    A positional circuit gives its positional graph (``positional_networkx``) unless
+    ``aggregate`` is True: then, as for any plain circuit, the graph of its plain ``mask`` and
+    ``scores`` (each plain edge with a kept positional part, scores summed over the spans).
 
     Nodes are ``circuit.nodes`` (GQA key/value groups such as ``a3.g0`` included) with
     attributes ``kind`` ("input" | "head" | "mlp" | "logits" | "kv_group"), ``layer`` (input -1,
@@ -34,6 +48,8 @@ def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
     their badges (``acd.roles.role_badges``) as one string. The graph
     attribute ``level`` is ``edge`` or ``node`` (acd.nodes).
     """
+    if circuit.positional is not None and not aggregate:
+        return positional_networkx(circuit, circuit.positional)
     graph = circuit.graph
     G = nx.MultiDiGraph()
     G.graph.update(_graph_attributes(circuit))
@@ -54,6 +70,69 @@ def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
             **({} if inclusion is None else {"inclusion": float(inclusion[i, j])}),
         )
     return G
+
+
+def positional_networkx(circuit: Circuit, positional: PositionalCircuit) -> nx.MultiDiGraph:
+    """The kept positional edges as a MultiDiGraph: one networkx edge per positional edge.
+
+    Nodes are ``name@span`` (``a0.h1@S1``, ``logits@END``), one for each (node, span) that a
+    kept positional edge touches, in graph order and, within a node, span order. They carry
+    ``node`` (the plain name) and ``span`` besides the plain graph's attributes (``kind``,
+    ``layer``, ``head``, ``group``, role scores); ``score`` is the sum of |score| of the
+    node's kept outgoing positional edges. An edge goes from ``u@p`` to ``v@q`` (v the node
+    reading the port), keyed by its destination's positional name (``a1.h2<k>@END``), with
+    ``score``, ``port``, ``span_src``, ``span_dst`` and, when the trust report measured it,
+    ``inclusion``: the share of prompt resamples keeping its *plain* edge (stability is
+    measured per plain edge). Graph attributes: the plain ones, with ``n_edges`` counting
+    positional edges, ``n_plain_edges`` the plain ones and ``spans`` the span names in order,
+    joined by "," (GraphML has no lists).
+    """
+    graph, pgraph = circuit.graph, positional.graph
+    spans = pgraph.spans
+    G = nx.MultiDiGraph()
+    G.graph.update(_graph_attributes(circuit))
+    G.graph["n_edges"] = positional.n_edges
+    G.graph["n_plain_edges"] = circuit.n_edges
+    G.graph["spans"] = SPAN_SEPARATOR.join(spans)
+    # sum of |score| of each source's kept positional edges at each of its spans: [n_src, P]
+    out_weight = (positional.scores.abs() * positional.mask).sum(dim=(2, 3))
+    for node_id, p in _touched_nodes_at_spans(positional):
+        name = graph.nodes[node_id]
+        source = graph.src_index.get(name)  # None for logits and kv groups: no outputs
+        G.add_node(
+            f"{name}@{spans[p]}",
+            node=name,
+            span=spans[p],
+            **_node_attributes(graph, name),
+            score=0.0 if source is None else float(out_weight[source, p]),
+            **_role_attributes(circuit, name),
+        )
+    inclusion = circuit.edge_inclusion
+    for u, p, v, q in positional.kept_index():
+        port = graph.destinations[v]
+        src_name, dst_name = pgraph.edge_name(u, p, v, q)
+        G.add_edge(
+            src_name,
+            f"{port.node}@{spans[q]}",
+            key=dst_name,
+            score=float(positional.scores[u, p, v, q]),
+            port=port.kind if port.kind in ("q", "k", "v") else "none",
+            span_src=spans[p],
+            span_dst=spans[q],
+            **({} if inclusion is None else {"inclusion": float(inclusion[u, v])}),
+        )
+    return G
+
+
+def _touched_nodes_at_spans(positional: PositionalCircuit) -> list[tuple[int, int]]:
+    """(node id, span index) of each end of a kept positional edge (a port's end is the node
+    reading it: with GQA a k/v port's kv group), sorted: graph order, then span order."""
+    graph = positional.graph.graph
+    touched = set()
+    for u, p, v, q in positional.kept_index():
+        touched.add((int(graph.src_node_ids[u]), p))
+        touched.add((int(graph.dst_node_ids[v]), q))
+    return sorted(touched)
 
 
 def nodelink_json(G: nx.MultiDiGraph) -> str:

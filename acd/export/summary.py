@@ -11,7 +11,8 @@ from acd.trust import trust_line
 
 def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
     """A short Markdown summary: what was run, how big the circuit is, how faithful, how long,
-    and the ``top`` kept edges by |score|."""
+    and the ``top`` kept edges by |score|; a positional circuit also names its spans and lists
+    every kept positional edge (``_positional_section``)."""
     m = circuit.metrics
     unit = "nodes" if circuit.level == "node" else "edges"
     total = circuit.graph.n_edges
@@ -27,8 +28,10 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
         *_prompts_lines(circuit),
         f"- Parameters: {params}",
         *_nodes_line(circuit),
+        *_positional_lines(circuit),
         f"- Edges kept: {circuit.n_edges} of {total} ({share:.2f}%)"
-        + (" (every edge between the kept nodes)" if circuit.level == "node" else ""),
+        + (" (every edge between the kept nodes)" if circuit.level == "node" else "")
+        + (" (plain edges with a kept positional part)" if circuit.positional is not None else ""),
         f"- Faithfulness: {_faithfulness_line(m)}",
         f"- Metric ({m.get('metric', 'n/a')}): clean {_num(m.get('metric_full'))}, circuit "
         f"{_num(m.get('metric_circuit'))}, corrupted (empty circuit) {_num(m.get('metric_empty'))}",
@@ -42,7 +45,10 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
         *_roles_line(circuit),
         f"- Created: {circuit.created or 'n/a'}",
         "",
-        f"## Top {top} kept edges by |score|",
+        f"## Top {top} kept edges by |score|"
+        + (
+            " (plain edges: scores summed over the spans)" if circuit.positional is not None else ""
+        ),
         "",
         _sign_sentence(circuit),
         "",
@@ -59,7 +65,51 @@ def summary_markdown(circuit: Circuit, *, top: int = 10) -> str:
             lines.append("| - | (no edges kept) | | |")
     if circuit.level == "node":
         lines += _node_table(circuit)
+    lines += _positional_section(circuit)
     return "\n".join(lines) + "\n"
+
+
+def _positional_lines(circuit: Circuit) -> list[str]:
+    """A positional circuit's spans and its size in positional edges."""
+    positional = circuit.positional
+    if positional is None:
+        return []
+    total = positional.graph.n_edges
+    share = 100.0 * positional.n_edges / total if total else 0.0
+    return [
+        f"- Spans: {', '.join(positional.spans)} (a positional circuit: each edge at the "
+        "spans where it acts)",
+        f"- Positional edges kept: {positional.n_edges} of {total} ({share:.2f}%)",
+    ]
+
+
+def _positional_section(circuit: Circuit) -> list[str]:
+    """Every kept positional edge, largest |score| first (ties in index order)."""
+    positional = circuit.positional
+    if positional is None:
+        return []
+    kept = positional.kept_index()
+    names = positional.edges  # the same index order as kept_index
+    values = [float(positional.scores[i]) for i in kept]
+    order = sorted(range(len(kept)), key=lambda n: -abs(values[n]))
+    lines = [
+        "",
+        "## Kept positional edges by |score|",
+        "",
+        "An edge source@p → port@q carries the source's output at the positions of span p into "
+        "what the port reads for span q: the same span for MLP, query and logits inputs, while a "
+        "key or value (k/v) edge across spans carries the source's output at the key positions "
+        "(span p) into the keys or values that the head's queries at span q attend to.",
+        "",
+        "| # | source@span | port@span | score |",
+        "|---|---|---|---|",
+    ]
+    for rank, n in enumerate(order, start=1):
+        src, dst = names[n]
+        lines.append(f"| {rank} | {src} | {dst} | {values[n]:.4g} |")
+    if not kept:
+        lines.append("| - | (no positional edges kept) | | |")
+    return lines
 
 
 def _nodes_line(circuit: Circuit) -> list[str]:

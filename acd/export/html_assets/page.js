@@ -3,6 +3,9 @@
  * Vanilla JavaScript and inline SVG, no library, no network. Everything the page shows is
  * derived from the JSON blob; the state that changes (which edges are drawn, the colouring,
  * the selected head) lives in one `view` object, and `redraw` draws from it.
+ * A positional circuit (data.positional) has edges [src, dst, score, p, q] between nodes at
+ * spans: the layout then holds one copy of the graph's nodes per span, side by side in span
+ * order (layout.instances; a plain circuit's instance index is its node id).
  * Tests drive the page through window.acdPage (see the end of the file). */
 (function () {
   "use strict";
@@ -22,7 +25,7 @@
   const FILLS = { head: "#fff2cc", kv_group: "#e8e0f5", mlp: "#d9ead3", end: "#e6e6e6" };
   const PORT_WORDS = { q: "query input", k: "key input", v: "value input", mlp: "MLP input", logits: "logits input (the final residual stream)" };
   const BOX = { w: 56, h: 36, endW: 74, endH: 24 };
-  const GRID = { left: 120, col: 66, right: 16, top: 14, bottom: 14, attnRow: 80, mlpRow: 54, endRow: 58 };
+  const GRID = { left: 120, col: 66, right: 16, top: 14, bottom: 14, attnRow: 80, mlpRow: 54, endRow: 58, header: 28, spanGap: 24 };
   const WIDTH = { min: 0.6, max: 5.5, flat: 1.6 };
   const LABELLED_EDGES = 10; // the largest drawn edges print their score beside them
   const TOP_TABLE_ROWS = 15;
@@ -72,11 +75,14 @@
 
   function indexData(data) {
     const edges = data.edges.map(function (row, i) {
+      const positional = row.length > 3; // [src, dst, score, p, q]
       return {
         src: row[0],
         dst: row[1],
         score: row[2],
-        key: row[0] + "," + row[1],
+        p: positional ? row[3] : 0,
+        q: positional ? row[4] : 0,
+        key: row[0] + "," + row[1] + (positional ? "," + row[3] + "," + row[4] : ""),
         rank: i < data.n_top ? i + 1 : data.extra_ranks[i - data.n_top],
         kept: false,
         inclusion: null,
@@ -100,20 +106,24 @@
     return { data: data, edges: edges, byKey: byKey, nodeIds: nodeIds, reference: reference, keptCount: data.kept.length };
   }
 
-  // --- layout: rows bottom to top, x by head index --------------------------------------------
+  // --- layout: rows bottom to top, x by head index (and by span: one block per span) ---------
 
   function computeLayout(data) {
     const s = data.shape;
     const grouped = s.n_kv_heads !== s.n_heads;
     const parallel = s.has_mlp && s.parallel_attn_mlp;
     const nCols = s.n_heads + (grouped ? s.n_kv_heads : 0) + (parallel ? 1 : 0);
+    // a plain circuit is one block without a name; a positional one has a block per span
+    const spans = data.positional ? data.positional.spans : [null];
+    const header = data.positional ? GRID.header : 0;
+    const blockWidth = nCols * GRID.col;
     const rows = [{ kind: "input", label: "input", height: GRID.endRow }];
     for (let layer = 0; layer < s.n_layers; layer++) {
       rows.push({ kind: "attn", layer: layer, label: "layer " + layer + (parallel || !s.has_mlp ? "" : " attn"), height: GRID.attnRow });
       if (s.has_mlp && !parallel) rows.push({ kind: "mlp", layer: layer, label: "layer " + layer + " MLP", height: GRID.mlpRow });
     }
     rows.push({ kind: "logits", label: "logits", height: GRID.endRow });
-    const height = GRID.top + GRID.bottom + rows.reduce((sum, r) => sum + r.height, 0);
+    const height = GRID.top + header + GRID.bottom + rows.reduce((sum, r) => sum + r.height, 0);
     let y = height - GRID.bottom;
     for (const row of rows) {
       // bottom to top: input at the bottom, logits at the top
@@ -123,38 +133,56 @@
     }
     const attnRow = new Map(rows.filter((r) => r.kind === "attn").map((r) => [r.layer, r]));
     const mlpRow = new Map(rows.filter((r) => r.kind === "mlp").map((r) => [r.layer, r]));
-    const colX = (c) => GRID.left + c * GRID.col + GRID.col / 2;
-    const middle = GRID.left + (s.n_heads * GRID.col) / 2;
-    const positions = data.nodes.map(function (node) {
+    const blockLeft = (b) => GRID.left + b * (blockWidth + GRID.spanGap);
+    const blocks = spans.map((span, b) => ({ span: span, left: blockLeft(b), width: blockWidth }));
+    const instances = [];
+    const positions = [];
+    blocks.forEach(function (block, b) {
+      const colX = (c) => block.left + c * GRID.col + GRID.col / 2;
+      const middle = block.left + (s.n_heads * GRID.col) / 2;
+      data.nodes.forEach(function (node, id) {
+        instances.push({ node: id, span: data.positional ? b : null });
+        positions.push(place(node, colX, middle));
+      });
+    });
+    function place(node, colX, middle) {
       if (node.kind === "input") return { x: middle, y: rows[0].y, w: BOX.endW, h: BOX.endH };
       if (node.kind === "logits") return { x: middle, y: rows[rows.length - 1].y, w: BOX.endW, h: BOX.endH };
       if (node.kind === "head") return { x: colX(node.head), y: attnRow.get(node.layer).y, w: BOX.w, h: BOX.h };
       if (node.kind === "kv_group") return { x: colX(s.n_heads + node.group), y: attnRow.get(node.layer).y, w: BOX.w, h: BOX.h };
       if (parallel) return { x: colX(nCols - 1), y: attnRow.get(node.layer).y, w: BOX.w, h: BOX.endH };
       return { x: middle, y: mlpRow.get(node.layer).y, w: BOX.endW, h: BOX.endH };
-    });
-    const width = GRID.left + nCols * GRID.col + GRID.right;
-    return { rows: rows, positions: positions, width: width, height: height, grouped: grouped };
+    }
+    const width = blockLeft(blocks.length - 1) + blockWidth + GRID.right;
+    return { rows: rows, blocks: blocks, instances: instances, nNodes: data.nodes.length, positions: positions, width: width, height: height, top: GRID.top, grouped: grouped };
   }
 
-  function sourceAnchor(layout, src) {
-    const p = layout.positions[src]; // a source's index is its node id
+  function instanceOf(layout, nodeId, span) {
+    // the node's copy at block ``span`` (a plain circuit's spans are all 0: the node id)
+    return span * layout.nNodes + nodeId;
+  }
+
+  function sourceAnchor(layout, src, span) {
+    const p = layout.positions[instanceOf(layout, src, span)]; // a source's index is its node id
     return { x: p.x, y: p.y - p.h / 2 };
   }
 
-  function portAnchor(layout, port) {
+  function portOffset(layout, kind, width) {
+    // where a q/k/v input enters its box, from the box's centre
+    if (layout.grouped && (kind === "k" || kind === "v")) return (kind === "k" ? -1 : 1) * (width / 4);
+    if (!layout.grouped && (kind === "q" || kind === "k" || kind === "v")) return { q: -1, k: 0, v: 1 }[kind] * (width / 3);
+    return 0;
+  }
+
+  function portAnchor(layout, port, span) {
     const [, nodeId, kind] = port;
-    const p = layout.positions[nodeId];
-    const bottom = p.y + p.h / 2;
-    let dx = 0;
-    if (layout.grouped && (kind === "k" || kind === "v")) dx = (kind === "k" ? -1 : 1) * (p.w / 4);
-    else if (!layout.grouped && (kind === "q" || kind === "k" || kind === "v")) dx = { q: -1, k: 0, v: 1 }[kind] * (p.w / 3);
-    return { x: p.x + dx, y: bottom };
+    const p = layout.positions[instanceOf(layout, nodeId, span)];
+    return { x: p.x + portOffset(layout, kind, p.w), y: p.y + p.h / 2 };
   }
 
   function edgePath(layout, ports, edge) {
-    const a = sourceAnchor(layout, edge.src);
-    const b = portAnchor(layout, ports[edge.dst]);
+    const a = sourceAnchor(layout, edge.src, edge.p);
+    const b = portAnchor(layout, ports[edge.dst], edge.q);
     const bend = Math.max(18, (a.y - b.y) * 0.45);
     return { d: `M${a.x},${a.y} C${a.x},${a.y - bend} ${b.x},${b.y + bend} ${b.x},${b.y}`, mid: { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 } };
   }
@@ -167,6 +195,9 @@
     const parts = [];
     if (d.level === "node") {
       parts.push(count(keptNodeCount(page)) + " of " + count(d.shape.n_src - 1) + " heads and MLPs kept (" + count(page.keptCount) + " edges between them and input)");
+    } else if (d.positional) {
+      const pos = d.positional;
+      parts.push(count(page.keptCount) + " of " + count(pos.n_valid) + " valid positional edges kept (" + count(pos.n_plain_kept) + " of " + count(pos.n_plain_valid) + " plain edges) at the spans " + pos.spans.join(", "));
     } else {
       parts.push(count(page.keptCount) + " of " + count(d.shape.n_valid) + " valid edges kept");
     }
@@ -179,10 +210,19 @@
     document.getElementById("acd-trust").textContent = d.trust ? "trust report: " + d.trust : "";
     const embedded = d.edges.length;
     document.getElementById("acd-embedded").textContent =
-      "This page holds " + count(embedded) + " of the graph's " + count(d.shape.n_valid) +
-      " valid edges: the " + count(d.n_top) + " of largest |score|" +
+      "This page holds " + count(embedded) + " of the graph's " + count(validCount(page)) +
+      " valid " + edgeUnit(page) + ": the " + count(d.n_top) + " of largest |score|" +
       (embedded > d.n_top ? " and the " + count(embedded - d.n_top) + " kept edges ranked below them" : "") +
       "; the slider ranges over them.";
+  }
+
+  function validCount(page) {
+    const d = page.data;
+    return d.positional ? d.positional.n_valid : d.shape.n_valid;
+  }
+
+  function edgeUnit(page) {
+    return page.data.positional ? "positional edges" : "edges";
   }
 
   function keptNodeCount(page) {
@@ -206,17 +246,31 @@
       const label = svg("text", { class: "acd-row-label", x: 8, y: row.y + 4 }, bands);
       label.textContent = row.label;
     }
+    if (page.data.positional) drawSpanColumns(layout, bands); // over the row bands
     page.els.edges = svg("g", { id: "acd-edges" }, root);
     page.els.hits = svg("g", { id: "acd-hits" }, root);
     page.els.nodes = svg("g", { id: "acd-nodes" }, root);
     page.els.labels = svg("g", { id: "acd-edge-labels" }, root);
-    page.els.nodeGroups = page.data.nodes.map((node, id) => drawNode(page, node, id));
+    page.els.nodeGroups = layout.instances.map((instance, id) => drawNode(page, instance, id));
   }
 
-  function drawNode(page, node, id) {
+  function drawSpanColumns(layout, parent) {
+    // a positional circuit: each span's block a column with the span's name on top
+    for (const block of layout.blocks) {
+      const x = block.left - GRID.spanGap / 2 + 2;
+      svg("rect", { class: "acd-span-column", x: x, y: layout.top, width: block.width + GRID.spanGap - 4, height: layout.height - layout.top - GRID.bottom / 2, rx: 6 }, parent);
+      const label = svg("text", { class: "acd-span-label", x: block.left + block.width / 2, y: layout.top + 18 }, parent);
+      label.textContent = block.span;
+    }
+  }
+
+  function drawNode(page, instance, id) {
+    const node = page.data.nodes[instance.node];
     const p = page.layout.positions[id];
     const kind = node.kind === "head" ? "acd-head" : "acd-" + node.kind;
-    const g = svg("g", { class: "acd-node " + kind, "data-node": id, transform: `translate(${p.x},${p.y})` }, page.els.nodes);
+    const attrs = { class: "acd-node " + kind, "data-node": id, transform: `translate(${p.x},${p.y})` };
+    if (instance.span !== null) attrs["data-span"] = page.data.positional.spans[instance.span];
+    const g = svg("g", attrs, page.els.nodes);
     const left = -p.w / 2;
     const top = -p.h / 2;
     if (node.kind === "input" || node.kind === "logits") {
@@ -236,8 +290,7 @@
     }
     if (isBox) {
       for (const port of nodePorts(page, node)) {
-        const anchor = portAnchor(page.layout, [null, id, port]);
-        svg("text", { class: "acd-port", x: anchor.x - p.x, y: p.h / 2 - 3 }, g).textContent = port;
+        svg("text", { class: "acd-port", x: portOffset(page.layout, port, p.w), y: p.h / 2 - 3 }, g).textContent = port;
       }
     }
     return g;
@@ -337,13 +390,14 @@
 
   function markNodes(page, items) {
     const used = new Set();
+    const layout = page.layout;
     for (const item of items) {
-      used.add(item.edge.src);
-      used.add(page.data.ports[item.edge.dst][1]);
+      used.add(instanceOf(layout, item.edge.src, item.edge.p));
+      used.add(instanceOf(layout, page.data.ports[item.edge.dst][1], item.edge.q));
     }
     page.els.nodeGroups.forEach(function (g, id) {
       g.classList.toggle("acd-faint", !used.has(id));
-      g.classList.toggle("acd-selected", page.data.nodes[id].name === page.view.head);
+      g.classList.toggle("acd-selected", page.data.nodes[layout.instances[id].node].name === page.view.head);
     });
   }
 
@@ -384,6 +438,9 @@
       ? "Heads have a q cell (query input); the k, v cells of a key/value group box (a{l}.g{g} kv) are the key and value inputs its heads share."
       : "The q, k, v cells along the bottom of a head are its query, key and value inputs: edges enter there.";
     html("p", ports + " Green boxes are MLPs; faint nodes are not in the drawn circuit. Hover an edge or node for details; click a head for its attention pattern.", box, "acd-note");
+    if (page.data.positional) {
+      html("p", "Columns are the prompt's spans (" + page.data.positional.spans.join(", ") + "), each with a copy of every node: a node acts at the positions of its column. MLP, query and logits edges stay in their column; a k/v edge runs from the column of the key positions to the column of the queries that read them. The slider ranks positional edges.", box, "acd-note").id = "acd-span-note";
+    }
   }
 
   function effectLegend(page, box, metric) {
@@ -411,9 +468,10 @@
   function drawSize(page) {
     const d = page.data;
     const view = page.view;
-    const saved = d.level === "node" ? count(keptNodeCount(page)) + " heads and MLPs, " + count(page.keptCount) + " edges" : count(page.keptCount) + " edges";
+    const unit = edgeUnit(page);
+    const saved = d.level === "node" ? count(keptNodeCount(page)) + " heads and MLPs, " + count(page.keptCount) + " edges" : count(page.keptCount) + " " + unit;
     const size = document.getElementById("acd-size");
-    size.textContent = view.mode === "circuit" ? "the saved circuit: " + saved : "the top " + count(view.k) + " edges by |score| (saved circuit: " + saved + ")";
+    size.textContent = view.mode === "circuit" ? "the saved circuit: " + saved : "the top " + count(view.k) + " " + unit + " by |score| (saved circuit: " + saved + ")";
     const curve = document.getElementById("acd-curve");
     const parts = [];
     if (view.mode === "circuit" && "faithfulness" in d.metrics) parts.push("faithfulness of the saved circuit: " + plain(d.metrics.faithfulness));
@@ -459,7 +517,22 @@
   }
 
   function edgeName(page, e) {
-    return page.data.nodes[e.src].name + " → " + page.data.ports[e.dst][0];
+    const d = page.data;
+    if (!d.positional) return d.nodes[e.src].name + " → " + d.ports[e.dst][0];
+    const spans = d.positional.spans;
+    return d.nodes[e.src].name + "@" + spans[e.p] + " → " + d.ports[e.dst][0] + "@" + spans[e.q];
+  }
+
+  function spanLine(page, e) {
+    // what a positional edge carries, in words (summary.md says the same)
+    const spans = page.data.positional.spans;
+    const port = page.data.ports[e.dst];
+    const source = page.data.nodes[e.src].name;
+    if (port[2] === "k" || port[2] === "v") {
+      const input = port[2] === "k" ? "keys" : "values";
+      return "spans: " + source + "'s output at the " + spans[e.p] + " positions, in the " + input + " that the " + spans[e.q] + " queries of " + page.data.nodes[port[1]].name + " attend to";
+    }
+    return "span: " + spans[e.p] + " (" + source + "'s output there, read at the same positions)";
   }
 
   // --- tooltip ---------------------------------------------------------------------------------
@@ -474,10 +547,11 @@
     const port = d.ports[e.dst];
     const lines = [
       "score " + fmt(e.score) + " (" + effectWord + ")",
-      e.rank === null ? "rank: not among the embedded edges" : "rank " + count(e.rank) + " of " + count(d.shape.n_valid) + " valid edges by |score|",
+      e.rank === null ? "rank: not among the embedded edges" : "rank " + count(e.rank) + " of " + count(validCount(page)) + " valid " + edgeUnit(page) + " by |score|",
       "port: " + port[2] + ", the " + PORT_WORDS[port[2]] + (port[2] === "logits" ? "" : " of " + d.nodes[port[1]].name),
     ];
-    if (e.inclusion !== null) lines.push("inclusion: kept in " + Math.round(e.inclusion * 100) + " % of the prompt resamples");
+    if (d.positional) lines.push(spanLine(page, e));
+    if (e.inclusion !== null) lines.push("inclusion: " + (d.positional ? "its plain edge " : "") + "kept in " + Math.round(e.inclusion * 100) + " % of the prompt resamples");
     lines.push(e.kept ? "in the saved circuit" : "not in the saved circuit");
     if (item.category) lines.push({ both: "in both circuits", onlyThis: "only in this circuit", onlyRef: "only in " + page.reference.name }[item.category]);
     return { title: edgeName(page, e), lines: lines };
@@ -485,7 +559,8 @@
 
   function nodeTip(page, id) {
     const d = page.data;
-    const node = d.nodes[id];
+    const instance = page.layout.instances[id];
+    const node = d.nodes[instance.node];
     const words = {
       input: "the token and position embeddings",
       logits: "the final residual stream, read by the unembedding",
@@ -494,6 +569,8 @@
       mlp: "the MLP of layer " + node.layer,
     };
     const lines = [words[node.kind]];
+    const span = instance.span === null ? null : d.positional.spans[instance.span];
+    if (span !== null) lines.push("at the positions of span " + span);
     if (node.name in d.node_scores) lines.push("node score " + fmt(d.node_scores[node.name]) + " (the effect of removing all its outputs)");
     const roles = d.roles[node.name];
     if (roles && Object.keys(roles).length) {
@@ -503,7 +580,7 @@
     if (badges && badges.length) lines.push("badges: " + badges.join(", "));
     if (page.els.nodeGroups[id].classList.contains("acd-faint")) lines.push("not in the drawn circuit");
     if (node.kind === "head") lines.push("click: its attention pattern");
-    return { title: node.name, lines: lines };
+    return { title: span === null ? node.name : node.name + "@" + span, lines: lines };
   }
 
   function cellTip(page, cell) {
@@ -670,7 +747,7 @@
     }
     document.getElementById("acd-graph").addEventListener("click", function (event) {
       const target = event.target.closest ? event.target.closest(".acd-node.acd-head") : null;
-      if (target) selectHead(page, page.data.nodes[Number(target.getAttribute("data-node"))].name);
+      if (target) selectHead(page, page.data.nodes[page.layout.instances[Number(target.getAttribute("data-node"))].node].name);
     });
   }
 
