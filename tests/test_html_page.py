@@ -612,3 +612,21 @@ def test_the_gallery_pages_open_with_their_circuit_badges_slider_and_patterns(br
     browser.execute_script(f"acdPage.selectHead('{head}')")
     assert len(css(browser, "#acd-pattern .acd-cell")) > 0
     assert_no_script_errors(browser)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["ioi", "greater-than", "induction"])
+def test_the_gallery_positional_pages_draw_every_positional_edge(browser, task):
+    """The committed positional pages (graphs/<task>/eap-ig-positions): every kept positional
+    edge of the folder's circuit.json drawn, one column per span, no script error."""
+    from acd.export import load_circuit
+
+    folder = GALLERY / task / "eap-ig-positions"
+    circuit = load_circuit(folder / "circuit.json")
+    assert circuit.positional is not None
+    open_page(browser, folder / "circuit.html")
+    assert browser.execute_script("return acdPage.drawnEdgeCount()") == circuit.positional.n_edges
+    page_text = browser.find_element("tag name", "body").text
+    for span in circuit.positional.spans:
+        assert span in page_text, span
+    assert_no_script_errors(browser)
