@@ -125,17 +125,18 @@ def build_config(vocab_size: int, args: argparse.Namespace) -> GPT2Config:
 
 
 def training_sequences(
-    batch: PromptBatch, rng: random.Random, answer_weight: float, repeat_only: bool = False
+    batch: PromptBatch, rng: random.Random, answer_weight: float, unscored_weight: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean prompts followed by one answer, with per-position loss weights.
 
     Template tasks get one answer drawn from the correct set (greater-than: uniformly among the
     later years), appended after the prompt; the answer position weighs ``answer_weight``.
     Induction sequences are used as they are, every next-token prediction weighing 1 (the
-    first half is random, so the model learns to be at chance there); with ``repeat_only``
-    only the predictions the task's metric scores (the repeat) weigh 1, the random prefix and
-    first half 0: their gradients carry no copying signal, only noise (and, since a sequence
-    never repeats a word before its repeat, a small reward for avoiding the words seen).
+    first half is random, so the model learns to be at chance there); ``unscored_weight`` < 1
+    weighs the predictions the task's metric does not score (the random prefix and first
+    half) less than the repeat's: their gradients carry no copying signal, only noise (and,
+    since a sequence never repeats a word before its repeat, a small reward for avoiding the
+    words seen); 0 trains the repeat only.
 
     Returns ids [N, T+1] and weights [N, T+1] (weight of predicting token t from t-1; 0 for
     padding and position 0).
@@ -146,11 +147,11 @@ def training_sequences(
     weights = torch.zeros(n, width + 1)
     for i in range(n):
         length = int(batch.lengths[i])
-        if repeat_only and batch.metric == "logprob":
-            # Position t's logits predict token t + 1, whose weight sits at t + 1.
-            weights[i, 1:width] = batch.score_mask[i, : width - 1].float()
-            continue
         weights[i, 1:length] = 1.0
+        if batch.metric == "logprob" and unscored_weight != 1.0:
+            # Position t's logits predict token t + 1, whose weight sits at t + 1.
+            scored = batch.score_mask[i, : width - 1]
+            weights[i, 1:length] = torch.where(scored, 1.0, unscored_weight)[: length - 1]
         if batch.metric != "logprob":
             choices = batch.correct[i][batch.correct_mask[i]].tolist()
             ids[i, length] = rng.choice(choices)
@@ -169,7 +170,7 @@ def mixed_parts(
     icl_interrupt: float = 0.0,
     text_steps: int = 0,
     from_step: dict[str, int] | None = None,
-    repeat_only: bool = False,
+    unscored_weight: float = 1.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
     texts ``text`` and ``icl``), as (ids [N, T], weights [N, T]) per part, each padded to its
@@ -187,7 +188,7 @@ def mixed_parts(
         if isinstance(task, InductionTask) and curriculum:
             task = induction_curriculum(task, step, curriculum)
         batch = task.make_batch(tokenizer, n, seed=task_seed)
-        parts.append(training_sequences(batch, rng, answer_weight, repeat_only))
+        parts.append(training_sequences(batch, rng, answer_weight, unscored_weight))
     words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
     if per_task.get("text", 0) and (not text_steps or step < text_steps):
         parts.append(skip_bigram_text(words, per_task["text"], rng, seed, (16, 48)))
@@ -512,7 +513,7 @@ def train(args: argparse.Namespace) -> Path:
             args.icl_interrupt,
             args.text_steps,
             parse_mix(args.from_step) if args.from_step else None,
-            bool(args.repeat_only),
+            args.unscored_weight,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
@@ -647,11 +648,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="1: start the position embeddings from sinusoids (see init_sinusoidal_positions)",
     )
     parser.add_argument(
-        "--repeat-only",
-        type=int,
-        default=0,
-        help="1: train induction sequences on their repeated half only (the scored "
-        "predictions); the random prefix and first half weigh 0",
+        "--unscored-weight",
+        type=float,
+        default=1.0,
+        help="weight of an induction prompt's unscored predictions (its random prefix and "
+        "first half) against its repeat's 1; 0 trains the repeat only",
     )
     parser.add_argument(
         "--threads", type=int, default=2, help="CPU threads (fixed for determinism)"
