@@ -134,7 +134,15 @@ def sample_edges(
 ) -> torch.Tensor:
     """[n_src, n_dst] bool: every selected valid edge, then seeded random other valid edges up
     to ``n`` in all (all valid edges when the graph has at most ``n``)."""
-    valid = graph.valid
+    return sample_valid(graph.valid, selected, n, seed)
+
+
+def sample_valid(
+    valid: torch.Tensor, selected: torch.Tensor, n: int = FIDELITY_EDGES, seed: int = 0
+) -> torch.Tensor:
+    """``sample_edges`` over any valid mask (a plain or a positional graph's): bool of
+    ``valid``'s shape, every selected valid entry, then seeded random other valid entries up
+    to ``n`` in all."""
     chosen = selected.bool().cpu() & valid
     others = (valid & ~chosen).flatten().nonzero().squeeze(1)
     room = max(0, n - int(chosen.sum()))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from acd.trust import FIDELITY_EDGES, Fidelity, _fidelity_figures
+from acd.trust import FIDELITY_EDGES, Fidelity, _fidelity_figures, sample_valid
 
 if TYPE_CHECKING:
     from acd.positional.graph import PositionalGraph
@@ -19,16 +19,8 @@ def sample_positional_edges(
     pgraph: PositionalGraph, selected: torch.Tensor, n: int = FIDELITY_EDGES, seed: int = 0
 ) -> torch.Tensor:
     """[n_src, P, n_dst, P] bool: every selected positional edge, then seeded random other
-    positional edges up to ``n`` in all (``acd.trust.sample_edges`` over positional edges)."""
-    valid = pgraph.valid
-    chosen = selected.bool().cpu() & valid
-    others = (valid & ~chosen).flatten().nonzero().squeeze(1)
-    room = max(0, n - int(chosen.sum()))
-    generator = torch.Generator().manual_seed(seed)
-    picked = others[torch.randperm(len(others), generator=generator)[:room]]
-    sample = chosen.flatten().clone()
-    sample[picked] = True
-    return sample.view_as(valid)
+    positional edges up to ``n`` in all (``acd.trust.sample_valid`` over positional edges)."""
+    return sample_valid(pgraph.valid, selected, n, seed)
 
 
 def positional_fidelity(
