@@ -192,9 +192,9 @@ def markdown(results: dict[str, list[dict]], prompts: int, model_name: str, tota
         "Target: for each task some method reaches faithfulness ≥ 0.9 with ≤ 5 % of the edges "
         "(≤ 23 edges).",
         "",
-        "What the circuits look like, and why the embedded model's induction 'circuit' is a "
-        "fixed-offset positional copy rather than induction: "
-        "[graphs/README.md](../graphs/README.md#what-the-circuits-show).",
+        "What the circuits look like — the previous-token head feeding the induction heads' "
+        "keys, IOI's names read at the end by heads that attend to both — and which heads have "
+        "which role: [graphs/README.md](../graphs/README.md#what-the-circuits-show).",
     ]
     for task_name, rows in results.items():
         lines += [

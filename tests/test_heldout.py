@@ -292,7 +292,7 @@ def test_a_malformed_source_or_split_is_one_line(tmp_path, key, value):
 def test_the_shipped_tasks_pass_the_gate_on_the_embedded_model(toy, task):
     from acd.evaluate import SEPARATION_EFFECT_SIZE, SEPARATION_STANDARD_ERRORS, separation
 
-    batch = load_task(task).make_batch(toy.tokenizer, 16, seed=0)
+    batch = load_task(task).make_batch(toy.tokenizer, 32, seed=0)
     gap = separation(toy, ComputeGraph.from_model(toy), batch)
     assert gap.separated, gap.message(task)
     assert abs(gap.difference) > 2.5 * SEPARATION_EFFECT_SIZE * gap.spread  # by a wide margin
@@ -300,8 +300,8 @@ def test_the_shipped_tasks_pass_the_gate_on_the_embedded_model(toy, task):
 
 
 def test_the_docs_gift_example_fails_the_gate(toy, tmp_path):
-    """docs/tasks.md's worked example: the embedded model does not do it (logit_diff 0.0100
-    clean, 0.0104 corrupted); discover stops with one line naming both numbers."""
+    """docs/tasks.md's worked example: the embedded model does not do it (logit_diff 0.432
+    clean, 0.446 corrupted); discover stops with one line naming both numbers."""
     doc = (REPO / "docs" / "tasks.md").read_text()
     (tmp_path / "gifts.txt").write_text(re.search(r"```text\n(.*?)```", doc, flags=re.S)[1])
     (tmp_path / "names.txt").write_text((REPO / "tasks" / "names.txt").read_text())
@@ -310,7 +310,7 @@ def test_the_docs_gift_example_fails_the_gate(toy, tmp_path):
         acd.discover(str(tmp_path / "gift.toml"), toy, method="eap", run=QUIET)
     message = str(info.value)
     assert "\n" not in message
-    assert re.search(r"clean 0\.010\d*, corrupted 0\.010\d*", message), message
+    assert re.search(r"clean 0\.432\d*, corrupted 0\.445\d*", message), message
     assert "--force" in message
 
 

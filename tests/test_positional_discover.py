@@ -129,13 +129,16 @@ def test_induction_positional_circuit_reads_keys_across_halves(toy):
     )
     positional = circuit.positional
     assert positional is not None and positional.spans == ("start", "first", "second")
-    # Every kept edge into the logits is at the scored span, and some kept key or value edge
-    # reads the first half from the second half's queries (what copying needs).
+    # Every kept edge into the logits is at the scored span; every edge that crosses spans
+    # runs from the first half to the second (keys and values sit at or before their
+    # queries), and some key input of the second half reads the first (what induction's
+    # K-composition needs: the previous-token head's output at the earlier copy).
     pgraph = positional.graph
     names = positional.edges
     assert all(dst.endswith("@second") for src, dst in names if dst.startswith("logits"))
-    crossing = [(s, d) for s, d in names if ("<k>" in d or "<v>" in d) and s.endswith("@first")]
-    assert crossing and all(d.endswith("@second") for _, d in crossing)
+    crossing = [(s, d) for s, d in names if s.split("@")[1] != d.split("@")[1]]
+    assert crossing and all(s.endswith("@first") and d.endswith("@second") for s, d in crossing)
+    assert any("<k>@" in d for _, d in crossing), crossing
     assert pgraph.n_edges > circuit.graph.n_edges
 
 

@@ -130,7 +130,9 @@ def test_graphml_and_nodelink_files_read_back_with_networkx(circuit, tmp_path):
         for key, attrs in expected.items():
             assert got[key] == pytest.approx(attrs), key
         assert G.graph["spans"].split(",") == list(circuit.positional.spans)
-        assert G.nodes["input@IO"]["node"] == "input" and G.nodes["input@IO"]["span"] == "IO"
+        for name, data in G.nodes(data=True):
+            node, span = name.split("@")
+            assert (data["node"], data["span"]) == (node, span), name
 
 
 # --- summary.md --------------------------------------------------------------------------------

@@ -34,14 +34,14 @@ def test_toy_is_a_small_hf_model_directory():
     assert config["n_layer"] >= 4 and config["n_head"] >= 4
 
 
-def test_toy_meets_its_task_targets_on_held_out_prompts(toy):
-    # The tasks' own figures. The mechanism figures (fixed lengths, fillers, head roles) are not
-    # met by the shipped model yet (issue 10; tests/test_toy_mechanisms.py).
-    figures = task_figures(
-        *adapter_runners(toy), toy.tokenizer, n_prompts=200, seed=1, mechanisms=False
-    )
+def test_toy_meets_every_target_of_check_model_on_held_out_prompts(toy):
+    # The tasks' own figures and the mechanism ones (`acd check-model`): the repeat NLL at half
+    # lengths 5, 13, 20, 24 with and without 5 words in front, IOI in every ABBA/BABA × 0/3/12-
+    # filler cell, a previous-token and an induction head.
+    figures = task_figures(*adapter_runners(toy), toy.tokenizer, n_prompts=200, seed=1)
     unmet = [f"{f.name} = {f.value:.3f} (target {f.target})" for f in figures if f.met is False]
     assert not unmet, unmet
+    assert sum(f.met is True for f in figures) >= 25  # every target above was measured
 
 
 def _train(out: Path, seed: int) -> bytes:

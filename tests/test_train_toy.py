@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 
 import torch
 from transformers import AutoTokenizer
 
-from acd.models.train_toy import training_sequences
+from acd.models.train_toy import (
+    build_tokenizer,
+    task_vocabulary,
+    training_sequences,
+    training_tasks,
+    with_solved_context,
+)
 from acd.tasks import load_task
 
 
@@ -32,3 +40,35 @@ def test_unscored_weight_weighs_all_but_the_repeat_from_its_second_word():
         assert everything[i, 1 : len(words) + 1].eq(1).all()  # by default: every prediction
         expected[1 : prefix + half + 2] = 0.1  # BOS's successor .. the repeat's first word
         assert torch.equal(tenth[i], expected), i
+
+
+def test_solved_context_leaves_the_indirect_object_the_only_name_that_occurs_once():
+    """IOI prompts with solved IOI sentences in front: counted by hand on the text, every name
+    of the context occurs twice (its subject twice in the sentence, its indirect object once
+    in it and once as the filled-in answer), the prompt's own subject twice, and the answer
+    name exactly once; both prompts of a pair keep the same context and token length."""
+    tokenizer = build_tokenizer(task_vocabulary(training_tasks("tasks/varied")))
+    task = load_task("tasks/varied/ioi.toml")
+    names = set(task.lists["names"])
+    plain = task.prompt_pairs(300, seed=4)
+    pairs = with_solved_context(task, plain, random.Random(1), most=2, max_tokens=60)
+    sentences = []
+    for pair, original in zip(pairs, plain):
+        context = pair.clean[: len(pair.clean) - len(original.clean)]
+        assert pair.clean == context + original.clean
+        assert pair.corrupted == context + original.corrupted
+        counts = Counter(w for w in re.findall(r"\w+", pair.clean) if w in names)
+        (answer,) = pair.answers
+        (wrong,) = pair.wrongs
+        assert [n for n, c in counts.items() if c == 1] == [answer.strip()], pair.clean
+        assert counts[wrong.strip()] == 2
+        assert all(c == 2 for n, c in counts.items() if n != answer.strip())
+        # a solved sentence holds four names: its subject twice, its indirect object twice
+        in_context = [w for w in re.findall(r"\w+", context) if w in names]
+        assert len(in_context) % 4 == 0
+        sentences.append(len(in_context) // 4)
+    # 0, 1 and 2 sentences all occur (the longest prompts leave room for fewer).
+    assert set(sentences) == {0, 1, 2}
+    batch = task.encode(pairs, tokenizer)
+    assert int(batch.lengths.max()) <= 60
+    assert torch.equal(batch.lengths, (batch.corrupted != tokenizer.pad_token_id).sum(1))

@@ -43,8 +43,19 @@ from acd.models.quality import (
     role_figures,
 )
 from acd.roles import hf_gpt2_patterns
-from acd.tasks import InductionTask, PromptBatch, Task, TemplateTask, load_task
+from acd.tasks import (
+    InductionTask,
+    PromptBatch,
+    PromptPair,
+    Task,
+    TemplateTask,
+    load_task,
+    tasks_dir,
+)
 
+# The longest prompt with solved context in front (--context): the model's 64 positions less
+# BOS, the answer and a margin.
+MAX_CONTEXT_TOKENS = 60
 # Training draws its prompts from task seeds >= this; held-out evaluation uses smaller ones.
 TRAIN_SEED_BASE = 1_000_000
 TASK_NAMES = ("ioi", "greater-than", "induction")
@@ -64,11 +75,15 @@ WORD_SPLIT = pre_tokenizers.Sequence(
 
 
 def training_tasks(task_dir: str | None = None) -> list[Task]:
-    """The three tasks trained on: the shipped ones, or ``task_dir``/<name>.toml (e.g.
-    tasks/varied/, the same tasks with the names, years and repeats at varied positions)."""
-    if task_dir is None:
+    """The three tasks trained on: ``task_dir``/<name>.toml, where ``task_dir`` is a folder, or
+    one of the shipped tasks folder (e.g. "varied": the shipped tasks with the names, years and
+    repeats at varied positions); None or "shipped": the shipped task files themselves."""
+    if task_dir in (None, "shipped"):
         return [load_task(name) for name in TASK_NAMES]
-    return [load_task(Path(task_dir) / f"{name.replace('-', '_')}.toml") for name in TASK_NAMES]
+    folder = Path(task_dir)
+    if not folder.is_dir() and (tasks_dir() / task_dir).is_dir():
+        folder = tasks_dir() / task_dir
+    return [load_task(folder / f"{name.replace('-', '_')}.toml") for name in TASK_NAMES]
 
 
 def task_vocabulary(tasks: list[Task]) -> list[str]:
@@ -159,6 +174,52 @@ def training_sequences(
     return ids, weights
 
 
+def with_solved_context(
+    task: TemplateTask, pairs: list[PromptPair], rng: random.Random, most: int, max_tokens: int
+) -> list[PromptPair]:
+    """Each pair with 0..``most`` (uniformly) solved prompts of the same task in front, e.g. IOI's
+    "When Kim and Ann went to the park, Ann gave a ball to Kim." before the prompt.
+
+    Every word of a context sentence's answer or wrong continuation differs from the prompt's
+    own, so in IOI every name of the context occurs twice and the prompt's indirect object is
+    still the only name that occurs once: a lookup of "the name in the first name slot" or
+    "any name but the last one" fails, only "the name that did not repeat" answers. (It was
+    meant to rule out copying every name and cancelling the repeated ones too; it does not —
+    cancelling is linear and copes with any number of repeated names; docs/models.md.)
+    Both prompts of a pair get the same context (equal token lengths kept); context sentences
+    that would make the clean prompt longer than ``max_tokens`` tokens are left out. The spans
+    are dropped (training does not use them).
+    """
+    out = []
+    for pair in pairs:
+        taken = set(pair.answers) | set(pair.wrongs)
+        budget = max_tokens - _word_count(pair.clean) - 2
+        context = ""
+        for _ in range(rng.randint(0, most)):
+            for _attempt in range(20):
+                sentence = task.prompt_pairs(1, seed=rng.randrange(2**31))[0]
+                words = set(sentence.answers) | set(sentence.wrongs)
+                if not words & taken:
+                    break
+            else:
+                continue
+            text = sentence.clean + rng.choice(sentence.answers) + ". "
+            if _word_count(text) > budget:
+                break
+            taken |= words
+            budget -= _word_count(text)
+            context += text
+        out.append(
+            replace(pair, clean=context + pair.clean, corrupted=context + pair.corrupted, spans=())
+        )
+    return out
+
+
+def _word_count(text: str) -> int:
+    """Tokens of ``text`` for the toy's word-level tokenizer (words and punctuation marks)."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
 def mixed_parts(
     tasks: list[Task],
     tokenizer: PreTrainedTokenizerFast,
@@ -171,6 +232,7 @@ def mixed_parts(
     text_steps: int = 0,
     from_step: dict[str, int] | None = None,
     unscored_weight: float = 1.0,
+    context: dict[str, int] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
     texts ``text`` and ``icl``), as (ids [N, T], weights [N, T]) per part, each padded to its
@@ -187,7 +249,13 @@ def mixed_parts(
             continue
         if isinstance(task, InductionTask) and curriculum:
             task = induction_curriculum(task, step, curriculum)
-        batch = task.make_batch(tokenizer, n, seed=task_seed)
+        most = (context or {}).get(task.name, 0)
+        if most and isinstance(task, TemplateTask):
+            pairs = task.prompt_pairs(n, task_seed)
+            pairs = with_solved_context(task, pairs, rng, most, MAX_CONTEXT_TOKENS)
+            batch = task.encode(pairs, tokenizer)
+        else:
+            batch = task.make_batch(tokenizer, n, seed=task_seed)
         parts.append(training_sequences(batch, rng, answer_weight, unscored_weight))
     words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
     if per_task.get("text", 0) and (not text_steps or step < text_steps):
@@ -514,6 +582,7 @@ def train(args: argparse.Namespace) -> Path:
             args.text_steps,
             parse_mix(args.from_step) if args.from_step else None,
             args.unscored_weight,
+            parse_mix(args.context) if args.context else None,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
@@ -602,20 +671,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--task-dir",
-        default=None,
-        help="train on DIR/{ioi,greater_than,induction}.toml instead of the shipped tasks "
-        "(e.g. tasks/varied)",
+        default="varied",
+        help="train on DIR/{ioi,greater_than,induction}.toml, DIR a folder or one in the shipped "
+        "tasks (default: varied, the shipped tasks with everything moved around; 'shipped': "
+        "the shipped task files themselves)",
     )
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument(
         "--per-task",
-        default="24",
+        default="ioi=16,greater-than=12,induction=48,icl=16",
         help="prompts per task per step: N for every task, or e.g. ioi=24,induction=32",
     )
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--answer-weight", type=float, default=4.0)
     parser.add_argument(
@@ -650,12 +720,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--unscored-weight",
         type=float,
-        default=1.0,
+        default=0.0,
         help="weight of an induction prompt's unscored predictions (its random prefix and "
         "first half) against its repeat's 1; 0 trains the repeat only",
     )
     parser.add_argument(
-        "--threads", type=int, default=2, help="CPU threads (fixed for determinism)"
+        "--context",
+        default="ioi=2",
+        help="put 0..N solved prompts of the same task before each prompt, e.g. ioi=2 "
+        "(see with_solved_context)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (fixed for determinism)"
     )
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=0, help="print task figures every N")

@@ -29,6 +29,7 @@
   const WIDTH = { min: 0.6, max: 5.5, flat: 1.6 };
   const LABELLED_EDGES = 10; // the largest drawn edges print their score beside them
   const TOP_TABLE_ROWS = 15;
+  const SECOND_LINE_CHARS = 14; // a head box's second line (role badges) fits this many characters
   const UNSTABLE = 0.5; // kept in under half of the prompt resamples: dashed
 
   // --- small helpers --------------------------------------------------------------------------
@@ -284,7 +285,10 @@
     name.textContent = node.kind === "kv_group" ? node.name + " kv" : node.name;
     const second = secondLine(page, node);
     if (second && isBox) {
-      svg("text", { class: "acd-second", x: 0, y: top + 21 }, g).textContent = second;
+      const line = { class: "acd-second", x: 0, y: top + 21 };
+      // a long line is squeezed into the box rather than cut, so every badge stays readable
+      if (second.length > SECOND_LINE_CHARS) Object.assign(line, { textLength: p.w - 6, lengthAdjust: "spacingAndGlyphs" });
+      svg("text", line, g).textContent = second;
     } else if (second) {
       name.textContent = node.name + " " + second;
     }
@@ -306,7 +310,9 @@
     const score = page.data.level === "node" ? page.data.node_scores[node.name] : undefined;
     const badges = (page.data.badges[node.name] || []).join(" ");
     const text = [score === undefined ? "" : fmt(score), badges].filter(Boolean).join(" ");
-    return text.length > 14 ? text.slice(0, 13) + "…" : text;
+    // beyond what squeezing keeps legible the line is cut (the tooltip has every badge)
+    const most = 2 * SECOND_LINE_CHARS - 4;
+    return text.length > most ? text.slice(0, most - 1) + "…" : text;
   }
 
   // --- what is drawn: the saved circuit or the top k, with the reference ----------------------
