@@ -76,7 +76,7 @@ WORD_SPLIT = pre_tokenizers.Sequence(
 
 def training_tasks(task_dir: str | None = None) -> list[Task]:
     """The three tasks trained on: ``task_dir``/<name>.toml, where ``task_dir`` is a folder, or
-    one of the shipped tasks folder (e.g. "varied": the shipped tasks with the names, years and
+    a folder among the shipped tasks (e.g. "varied": the shipped tasks with the names, years and
     repeats at varied positions); None or "shipped": the shipped task files themselves."""
     if task_dir in (None, "shipped"):
         return [load_task(name) for name in TASK_NAMES]
@@ -204,10 +204,11 @@ def with_solved_context(
             else:
                 continue
             text = sentence.clean + rng.choice(sentence.answers) + ". "
-            if _word_count(text) > budget:
+            cost = _word_count(text)
+            if cost > budget:
                 break
             taken |= words
-            budget -= _word_count(text)
+            budget -= cost
             context += text
         out.append(
             replace(pair, clean=context + pair.clean, corrupted=context + pair.corrupted, spans=())
@@ -216,8 +217,8 @@ def with_solved_context(
 
 
 def _word_count(text: str) -> int:
-    """Tokens of ``text`` for the toy's word-level tokenizer (words and punctuation marks)."""
-    return len(re.findall(r"\w+|[^\w\s]", text))
+    """Tokens of ``text`` for the toy's word-level tokenizer (its own pre-tokenizer's pieces)."""
+    return len(WORD_SPLIT.pre_tokenize_str(text))
 
 
 def mixed_parts(
@@ -249,13 +250,11 @@ def mixed_parts(
             continue
         if isinstance(task, InductionTask) and curriculum:
             task = induction_curriculum(task, step, curriculum)
+        pairs = task.prompt_pairs(n, task_seed)
         most = (context or {}).get(task.name, 0)
         if most and isinstance(task, TemplateTask):
-            pairs = task.prompt_pairs(n, task_seed)
             pairs = with_solved_context(task, pairs, rng, most, MAX_CONTEXT_TOKENS)
-            batch = task.encode(pairs, tokenizer)
-        else:
-            batch = task.make_batch(tokenizer, n, seed=task_seed)
+        batch = task.encode(pairs, tokenizer)
         parts.append(training_sequences(batch, rng, answer_weight, unscored_weight))
     words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
     if per_task.get("text", 0) and (not text_steps or step < text_steps):
