@@ -300,8 +300,8 @@ def test_the_shipped_tasks_pass_the_gate_on_the_embedded_model(toy, task):
 
 
 def test_the_docs_gift_example_fails_the_gate(toy, tmp_path):
-    """docs/tasks.md's worked example: the embedded model does not do it (logit_diff 0.432
-    clean, 0.446 corrupted); discover stops with one line naming both numbers."""
+    """docs/tasks.md's worked example: the embedded model does not do it (logit_diff 0.221
+    clean, 0.217 corrupted); discover stops with one line naming both numbers."""
     doc = (REPO / "docs" / "tasks.md").read_text()
     (tmp_path / "gifts.txt").write_text(re.search(r"```text\n(.*?)```", doc, flags=re.S)[1])
     (tmp_path / "names.txt").write_text((REPO / "tasks" / "names.txt").read_text())
@@ -310,7 +310,7 @@ def test_the_docs_gift_example_fails_the_gate(toy, tmp_path):
         acd.discover(str(tmp_path / "gift.toml"), toy, method="eap", run=QUIET)
     message = str(info.value)
     assert "\n" not in message
-    assert re.search(r"clean 0\.432\d*, corrupted 0\.445\d*", message), message
+    assert re.search(r"clean 0\.221\d*, corrupted 0\.217\d*", message), message
     assert "--force" in message
 
 

@@ -6,11 +6,13 @@ import random
 import re
 from collections import Counter
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
 from acd.models.train_toy import (
     build_tokenizer,
+    parse_weights,
     task_vocabulary,
     training_sequences,
     training_tasks,
@@ -72,3 +74,33 @@ def test_solved_context_leaves_the_indirect_object_the_only_name_that_occurs_onc
     batch = task.encode(pairs, tokenizer)
     assert int(batch.lengths.max()) <= 60
     assert torch.equal(batch.lengths, (batch.corrupted != tokenizer.pad_token_id).sum(1))
+
+
+def test_prompt_weight_trains_a_template_prompt_on_its_answer_only():
+    """``prompt_weight`` weighs an IOI prompt's own next-word predictions: with 0 only the
+    answer appended after the prompt (at index 1 + its word count: BOS first) weighs, with
+    ``answer_weight``; with 0.5 every prediction from BOS's successor to the prompt's last
+    word weighs 0.5; the answer drawn is the same either way (the one correct name)."""
+    tokenizer = AutoTokenizer.from_pretrained("acd/models/toy")
+    batch = load_task("ioi").make_batch(tokenizer, 5, seed=2)
+    ids_all, everything = training_sequences(batch, random.Random(0), 4.0)
+    ids_answer, answer = training_sequences(batch, random.Random(0), 4.0, prompt_weight=0.0)
+    _, half = training_sequences(batch, random.Random(0), 4.0, prompt_weight=0.5)
+    assert torch.equal(ids_all, ids_answer)
+    for i in range(5):
+        length = 1 + len(tokenizer(batch.pairs[i].clean)["input_ids"])  # BOS, then the words
+        expected = torch.zeros(answer.shape[1])
+        expected[length] = 4.0
+        assert torch.equal(answer[i], expected), i
+        assert tokenizer.decode(ids_answer[i, length]).strip() == batch.pairs[i].answers[0].strip()
+        expected[1:length] = 0.5
+        assert torch.equal(half[i], expected), i
+        expected[1:length] = 1.0
+        assert torch.equal(everything[i], expected), i
+
+
+def test_prompt_weight_spec_names_template_tasks_with_weights_of_zero_or_more():
+    assert parse_weights("ioi=0,greater-than=0.5") == {"ioi": 0.0, "greater-than": 0.5}
+    for bad in ("ioi", "ioi=-1", "ioi=x", "text=0", "ioi=0;induction=1"):
+        with pytest.raises(ValueError, match="--prompt-weight"):
+            parse_weights(bad)

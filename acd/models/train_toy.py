@@ -1,6 +1,6 @@
 """Train the embedded default model ``toy`` from scratch, deterministically.
 
-    python -m acd.models.train_toy --out acd/models/toy      # about 10 minutes on 2 CPU cores
+    python -m acd.models.train_toy --out acd/models/toy      # about 15 minutes on 2 CPU cores
 
 The model is an ordinary GPT-2 (``transformers.GPT2LMHeadModel``) with a word-level tokenizer
 whose vocabulary is every word of the shipped tasks (tasks/*.toml and their word lists). It is
@@ -140,7 +140,11 @@ def build_config(vocab_size: int, args: argparse.Namespace) -> GPT2Config:
 
 
 def training_sequences(
-    batch: PromptBatch, rng: random.Random, answer_weight: float, unscored_weight: float = 1.0
+    batch: PromptBatch,
+    rng: random.Random,
+    answer_weight: float,
+    unscored_weight: float = 1.0,
+    prompt_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean prompts followed by one answer, with per-position loss weights.
 
@@ -151,7 +155,10 @@ def training_sequences(
     weighs the predictions the task's metric does not score (the random prefix and first
     half) less than the repeat's: their gradients carry no copying signal, only noise (and,
     since a sequence never repeats a word before its repeat, a small reward for avoiding the
-    words seen); 0 trains the repeat only.
+    words seen); 0 trains the repeat only. ``prompt_weight`` weighs a template prompt's own
+    next-word predictions (its answer weighs ``answer_weight``): in IOI, predicting S2 after
+    "When Kim and Ann went to the park," is a coin toss between the two names, which rewards
+    copying both names equally; 0 trains the answer only.
 
     Returns ids [N, T+1] and weights [N, T+1] (weight of predicting token t from t-1; 0 for
     padding and position 0).
@@ -162,7 +169,7 @@ def training_sequences(
     weights = torch.zeros(n, width + 1)
     for i in range(n):
         length = int(batch.lengths[i])
-        weights[i, 1:length] = 1.0
+        weights[i, 1:length] = 1.0 if batch.metric == "logprob" else prompt_weight
         if batch.metric == "logprob" and unscored_weight != 1.0:
             # Position t's logits predict token t + 1, whose weight sits at t + 1.
             scored = batch.score_mask[i, : width - 1]
@@ -234,6 +241,7 @@ def mixed_parts(
     from_step: dict[str, int] | None = None,
     unscored_weight: float = 1.0,
     context: dict[str, int] | None = None,
+    prompt_weight: dict[str, float] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step's data: ``per_task[name]`` prompts of each task (and of the generic
     texts ``text`` and ``icl``), as (ids [N, T], weights [N, T]) per part, each padded to its
@@ -255,7 +263,8 @@ def mixed_parts(
         if most and isinstance(task, TemplateTask):
             pairs = with_solved_context(task, pairs, rng, most, MAX_CONTEXT_TOKENS)
         batch = task.encode(pairs, tokenizer)
-        parts.append(training_sequences(batch, rng, answer_weight, unscored_weight))
+        weight = (prompt_weight or {}).get(task.name, 1.0)
+        parts.append(training_sequences(batch, rng, answer_weight, unscored_weight, weight))
     words = list(range(len(SPECIAL_TOKENS), len(tokenizer)))
     if per_task.get("text", 0) and (not text_steps or step < text_steps):
         parts.append(skip_bigram_text(words, per_task["text"], rng, seed, (16, 48)))
@@ -509,6 +518,19 @@ def parse_mix(spec: str) -> dict[str, int]:
     return mix
 
 
+def parse_weights(spec: str) -> dict[str, float]:
+    """``"ioi=0,greater-than=0.5"`` -> those weights per template task (others keep 1)."""
+    weights = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name not in TASK_NAMES or not re.fullmatch(r"\d+(\.\d*)?", value):
+            raise ValueError(
+                f"--prompt-weight {spec!r}: use name=W,... with names {TASK_NAMES}, W >= 0"
+            )
+        weights[name] = float(value)
+    return weights
+
+
 def parts_loss(
     model: GPT2LMHeadModel, parts: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> torch.Tensor:
@@ -582,6 +604,7 @@ def train(args: argparse.Namespace) -> Path:
             parse_mix(args.from_step) if args.from_step else None,
             args.unscored_weight,
             parse_mix(args.context) if args.context else None,
+            parse_weights(args.prompt_weight) if args.prompt_weight else None,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
@@ -730,7 +753,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(see with_solved_context)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads (fixed for determinism)"
+        "--prompt-weight",
+        default=None,
+        help="weight of a template task's prompt words against its answer's, e.g. ioi=0 "
+        "(default 1 for every task; see training_sequences)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="CPU threads (fixed for determinism: another count sums in another order)",
     )
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=0, help="print task figures every N")
