@@ -503,32 +503,31 @@ def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, weights
 
 
-def parse_mix(spec: str) -> dict[str, int]:
-    """``"24"`` -> 24 prompts of every task; ``"ioi=16,induction=32"`` -> those (others 0)."""
+def parse_mix(spec: str, option: str = "--per-task") -> dict[str, int]:
+    """``"24"`` -> 24 prompts of every task; ``"ioi=16,induction=32"`` -> those (others 0).
+    Also the counts of ``--from-step`` and ``--context`` (``option`` names it in errors)."""
     if spec.isdigit():
         return dict.fromkeys(TASK_NAMES, int(spec))
-    mix = {}
-    for part in spec.split(","):
-        name, _, count = part.partition("=")
-        if name not in (*TASK_NAMES, *GENERIC_TEXTS) or not count.isdigit():
-            raise ValueError(
-                f"--per-task {spec!r}: use N or name=N,... with names {TASK_NAMES + GENERIC_TEXTS}"
-            )
-        mix[name] = int(count)
-    return mix
+    names = TASK_NAMES + GENERIC_TEXTS
+    return _parse_named(spec, names, r"[0-9]+", int, f"{option} {spec!r}: use N or name=N,...")
 
 
 def parse_weights(spec: str) -> dict[str, float]:
     """``"ioi=0,greater-than=0.5"`` -> those weights per template task (others keep 1)."""
-    weights = {}
+    usage = f"--prompt-weight {spec!r}: use name=W,... (W >= 0)"
+    return _parse_named(spec, TASK_NAMES, r"[0-9]+(\.[0-9]*)?", float, usage)
+
+
+def _parse_named(spec: str, names: tuple[str, ...], value: str, cast, usage: str) -> dict:
+    """``"a=1,b=2"`` -> {"a": cast("1"), "b": cast("2")}; every name among ``names``, every
+    value matching the regex ``value``, else ValueError(``usage`` and the names)."""
+    out = {}
     for part in spec.split(","):
-        name, _, value = part.partition("=")
-        if name not in TASK_NAMES or not re.fullmatch(r"\d+(\.\d*)?", value):
-            raise ValueError(
-                f"--prompt-weight {spec!r}: use name=W,... with names {TASK_NAMES}, W >= 0"
-            )
-        weights[name] = float(value)
-    return weights
+        name, _, text = part.partition("=")
+        if name not in names or not re.fullmatch(value, text):
+            raise ValueError(f"{usage} with names {names}")
+        out[name] = cast(text)
+    return out
 
 
 def parts_loss(
@@ -589,6 +588,10 @@ def train(args: argparse.Namespace) -> Path:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
+    per_task = parse_mix(args.per_task)
+    from_step = parse_mix(args.from_step, "--from-step") if args.from_step else None
+    context = parse_mix(args.context, "--context") if args.context else None
+    prompt_weight = parse_weights(args.prompt_weight) if args.prompt_weight else None
     start = time.perf_counter()
     for step in range(args.steps):
         parts = mixed_parts(
@@ -596,15 +599,15 @@ def train(args: argparse.Namespace) -> Path:
             tokenizer,
             step,
             args.seed,
-            parse_mix(args.per_task),
+            per_task,
             args.answer_weight,
             args.curriculum,
             args.icl_interrupt,
             args.text_steps,
-            parse_mix(args.from_step) if args.from_step else None,
+            from_step,
             args.unscored_weight,
-            parse_mix(args.context) if args.context else None,
-            parse_weights(args.prompt_weight) if args.prompt_weight else None,
+            context,
+            prompt_weight,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
