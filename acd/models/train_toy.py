@@ -42,7 +42,7 @@ from acd.models.quality import (
     ioi_cell_figures,
     role_figures,
 )
-from acd.roles import hf_gpt2_patterns
+from acd.roles import hf_gpt2_patterns, ioi_final_attention
 from acd.tasks import (
     InductionTask,
     PromptBatch,
@@ -631,7 +631,8 @@ def report_quality(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -
     """Print one line of held-out figures (a progress check; it draws no training randomness):
     the repeat NLL at half lengths never seen as such in a batch of its own (with and without
     random words in front), the worst IOI cell, and the best previous-token and induction
-    scores, so the induction phase change shows as it happens."""
+    scores, so the induction phase change shows as it happens, and the head that attends from
+    IOI's final position most to IO over S (a name mover attends mostly to IO: "IO/S" shown)."""
     was_training = model.training
     model.eval()
     run, _ = hf_gpt2_runners(model)
@@ -639,12 +640,18 @@ def report_quality(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -
     ioi = ioi_cell_figures(run, tokenizer, 40, seed=0)
     roles = role_figures(hf_gpt2_patterns(model), tokenizer, 20, seed=0)[0]
     current, previous = (f.value for f in copy_rule_figures(run, tokenizer, 40, seed=0))
+    ioi_task = load_task("ioi")
+    assert isinstance(ioi_task, TemplateTask)
+    ioi_batch = ioi_task.restricted(prefix_count=3).make_batch(tokenizer, 40, seed=0)
+    to_io, to_s = ioi_final_attention(hf_gpt2_patterns(model), ioi_batch)
+    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
     nll = " ".join(f"{f.value:.2f}" for f in figures)
     worst_ioi = min(f.value for f in ioi if "accuracy" in f.name)
     print(
         f"    repeat NLL {nll} | worst IOI cell acc {worst_ioi:.2f} | "
         f"prev {roles[0].value:.2f} induction {roles[1].value:.2f} | "
-        f"copy probe current {current:.2f} previous {previous:.2f}",
+        f"copy probe current {current:.2f} previous {previous:.2f} | "
+        f"END→IO/S a{layer}.h{head} {to_io[layer, head]:.2f}/{to_s[layer, head]:.2f}",
         flush=True,
     )
     model.train(was_training)
