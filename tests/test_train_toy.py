@@ -1,4 +1,4 @@
-"""The embedded model's training data (acd.models.train_toy): which predictions weigh."""
+"""The embedded model's training (acd.models.train_toy): what weighs, what progress shows."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
+from acd.models import load_model
+from acd.models.resolve import embedded_models_dir
 from acd.models.train_toy import (
     build_tokenizer,
     parse_weights,
+    report_quality,
     task_vocabulary,
     training_sequences,
     training_tasks,
     with_solved_context,
 )
+from acd.roles import adapter_patterns, ioi_final_attention
 from acd.tasks import load_task
 
 
@@ -104,3 +108,21 @@ def test_prompt_weight_spec_names_template_tasks_with_weights_of_zero_or_more():
     for bad in ("ioi", "ioi=-1", "ioi=x", "text=0", "ioi=0;induction=1"):
         with pytest.raises(ValueError, match="--prompt-weight"):
             parse_weights(bad)
+
+
+def test_progress_line_names_the_head_leaning_most_to_io_as_the_loaded_model_measures_it(capsys):
+    # report_quality reads the patterns of the transformers GPT-2 being trained; acd's loaded
+    # model (another code path to the same attention) must find the same head and figures.
+    path = embedded_models_dir() / "toy"
+    report_quality(GPT2LMHeadModel.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+    shown = re.search(r"END→IO/S a(\d+)\.h(\d+) ([\d.]+)/([\d.]+)", capsys.readouterr().out)
+    assert shown, "no END→IO/S figure in the progress line"
+    toy = load_model("toy", device="cpu")
+    task = load_task("ioi").restricted(prefix_count=3)
+    to_io, to_s = ioi_final_attention(
+        adapter_patterns(toy), task.make_batch(toy.tokenizer, 40, seed=0)
+    )
+    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
+    assert (int(shown[1]), int(shown[2])) == (layer, head)
+    assert float(shown[3]) == pytest.approx(float(to_io[layer, head]), abs=0.006)
+    assert float(shown[4]) == pytest.approx(float(to_s[layer, head]), abs=0.006)
