@@ -133,10 +133,16 @@ def copy_rule_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> li
     return figures
 
 
-def ioi_cell_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> list[Figure]:
-    """IOI accuracy (>= 0.95) and mean logit difference (>= 3) per order x number of fillers."""
+def _ioi_task() -> TemplateTask:
+    """The shipped IOI task, whose cells (order x fillers) are drawn with ``restricted``."""
     task = load_task("ioi")
     assert isinstance(task, TemplateTask)
+    return task
+
+
+def ioi_cell_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> list[Figure]:
+    """IOI accuracy (>= 0.95) and mean logit difference (>= 3) per order x number of fillers."""
+    task = _ioi_task()
     figures = []
     for group in IOI_GROUPS:
         for fillers in IOI_FILLERS:
@@ -146,6 +152,18 @@ def ioi_cell_figures(run: LogitsFn, tokenizer, n_prompts: int, seed: int) -> lis
             figures.append(_target(f"{cell}: accuracy", (ld > 0).float().mean().item(), ">=", 0.95))
             figures.append(_target(f"{cell}: mean logit difference", ld.mean().item(), ">=", 3.0))
     return figures
+
+
+def ioi_lean(
+    patterns: PatternsFn, tokenizer, n_prompts: int, seed: int, fillers: int = 3
+) -> tuple[str, float, float]:
+    """The head whose attention from IOI's final position leans most to IO over S, on prompts
+    with ``fillers`` words in front (so a head keyed to a position cannot pass for it), as
+    (head, END->IO, END->S); a name mover attends mostly to IO."""
+    batch = _ioi_task().restricted(prefix_count=fillers).make_batch(tokenizer, n_prompts, seed)
+    to_io, to_s = ioi_final_attention(patterns, batch)
+    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
+    return f"a{layer}.h{head}", float(to_io[layer, head]), float(to_s[layer, head])
 
 
 def role_figures(

@@ -40,9 +40,10 @@ from acd.models.quality import (
     hf_gpt2_runners,
     induction_figures,
     ioi_cell_figures,
+    ioi_lean,
     role_figures,
 )
-from acd.roles import hf_gpt2_patterns, ioi_final_attention
+from acd.roles import hf_gpt2_patterns
 from acd.tasks import (
     InductionTask,
     PromptBatch,
@@ -638,20 +639,17 @@ def report_quality(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -
     run, _ = hf_gpt2_runners(model)
     figures = induction_figures(run, tokenizer, 40, seed=0)
     ioi = ioi_cell_figures(run, tokenizer, 40, seed=0)
-    roles = role_figures(hf_gpt2_patterns(model), tokenizer, 20, seed=0)[0]
+    patterns = hf_gpt2_patterns(model)
+    roles = role_figures(patterns, tokenizer, 20, seed=0)[0]
     current, previous = (f.value for f in copy_rule_figures(run, tokenizer, 40, seed=0))
-    ioi_task = load_task("ioi")
-    assert isinstance(ioi_task, TemplateTask)
-    ioi_batch = ioi_task.restricted(prefix_count=3).make_batch(tokenizer, 40, seed=0)
-    to_io, to_s = ioi_final_attention(hf_gpt2_patterns(model), ioi_batch)
-    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
+    lean_head, to_io, to_s = ioi_lean(patterns, tokenizer, 40, seed=0)
     nll = " ".join(f"{f.value:.2f}" for f in figures)
     worst_ioi = min(f.value for f in ioi if "accuracy" in f.name)
     print(
         f"    repeat NLL {nll} | worst IOI cell acc {worst_ioi:.2f} | "
         f"prev {roles[0].value:.2f} induction {roles[1].value:.2f} | "
         f"copy probe current {current:.2f} previous {previous:.2f} | "
-        f"END→IO/S a{layer}.h{head} {to_io[layer, head]:.2f}/{to_s[layer, head]:.2f}",
+        f"END→IO/S {lean_head} {to_io:.2f}/{to_s:.2f}",
         flush=True,
     )
     model.train(was_training)
