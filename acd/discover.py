@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -323,7 +324,7 @@ def discover(
     inclusion = None
     if run.trust and positional is not None:
         assert pgraph is not None and isinstance(method, ScoringMethod) and selection
-        report = _positional_trust(runner, batch, pgraph, method, selection, prune, positional)
+        report = _positional_trust(runner, batch, pgraph, method, selection, prune, positional, run)
         metrics.update(report.summary())
         inclusion = report.stability.inclusion if report.stability else None
     elif run.trust:
@@ -427,25 +428,29 @@ def _positional_trust(
     selection: Selection,
     prune: bool,
     positional: PositionalCircuit,
+    run: RunConfig,
 ) -> TrustReport:
     """The trust report over positional edges: fidelity of a gradient method against exact
     positional patching (sampled positional edges, the first prompts), and the stability of
-    the positional edge set over prompt resamples (inclusion reported per plain edge)."""
+    the positional edge set over ``run.resamples`` prompt resamples (inclusion reported per
+    plain edge)."""
     start = time.perf_counter()
     gradient = not isinstance(method, Exact)
     found = None
     if gradient:
-        first = batch.select(list(range(min(len(batch), FIDELITY_PROMPTS))))
-        sub = _runner_like(runner, first, method)
+        sub = _runner_like(runner, _first_prompts(batch), method)
         sub_scores = method.score_positions(sub, pgraph, progress=False)
         selected = _select_positional(selection, sub_scores, pgraph)
         found = positional_fidelity(sub, pgraph, sub_scores, selected)
-    masks = []
-    for rows in resample_indices(len(batch), RESAMPLES if gradient else 0, RESAMPLE_FRACTION, 1):
-        sub = _runner_like(runner, batch.select(rows), method)
-        scores = method.score_positions(sub, pgraph, progress=False)
-        kept = _select_positional(selection, scores, pgraph)
-        masks.append(prune_positional(kept, pgraph) if prune else kept)
+
+    def refound(prompts: PromptBatch) -> torch.Tensor:
+        sub = _runner_like(runner, prompts, method)
+        kept = _select_positional(
+            selection, method.score_positions(sub, pgraph, progress=False), pgraph
+        )
+        return prune_positional(kept, pgraph) if prune else kept
+
+    masks = _resampled_masks(batch, _resample_count(run, gradient), refound)
     stable = None
     if masks:
         stable = stability(masks, positional.mask, RESAMPLE_FRACTION)
@@ -479,23 +484,43 @@ def _trust_report(
     found = None
     if isinstance(method, ScoringMethod) and gradient:
         # The method's scores and exact effects, on the same (first few) prompts.
-        first = batch.select(list(range(min(len(batch), FIDELITY_PROMPTS))))
-        sub = _runner_like(runner, first, method)
+        sub = _runner_like(runner, _first_prompts(batch), method)
         if by_node:
             sub_nodes = method.score_nodes(sub, progress=False)[0]
             found = node_fidelity(sub, sub_nodes, kept_components(selected, graph))
         else:
             found = fidelity(sub, method.score(sub, progress=False), selected)
-    resamples = run.resamples if run.resamples is not None else (RESAMPLES if gradient else 0)
-    masks = []
-    for rows in resample_indices(len(batch), resamples, RESAMPLE_FRACTION, seed=1):
-        masks.append(_refound(runner, batch.select(rows), method, selection, prune, by_node))
+    masks = _resampled_masks(
+        batch,
+        _resample_count(run, gradient),
+        lambda prompts: _refound(runner, prompts, method, selection, prune, by_node),
+    )
     stable = stability(masks, mask, RESAMPLE_FRACTION) if masks else None
     if stable is not None and by_node:
         nodes = [kept_components(m, graph) for m in masks]
         by_nodes = stability(nodes, kept_components(mask, graph), RESAMPLE_FRACTION)
         stable = replace(by_nodes, inclusion=stable.inclusion)
     return TrustReport(fidelity=found, stability=stable, seconds=time.perf_counter() - start)
+
+
+def _first_prompts(batch: PromptBatch) -> PromptBatch:
+    """The prompts the fidelity figures compare on: the first ``FIDELITY_PROMPTS``."""
+    return batch.select(list(range(min(len(batch), FIDELITY_PROMPTS))))
+
+
+def _resample_count(run: RunConfig, gradient: bool) -> int:
+    """How many prompt resamples the stability figures use: ``run.resamples``, else
+    ``RESAMPLES`` for a gradient method and none for measured effects (exact, ACDC)."""
+    return run.resamples if run.resamples is not None else (RESAMPLES if gradient else 0)
+
+
+def _resampled_masks(
+    batch: PromptBatch, count: int, refound: Callable[[PromptBatch], torch.Tensor]
+) -> list[torch.Tensor]:
+    """The circuit found again on each of ``count`` random shares of the prompts (seed 1,
+    so a rerun draws the same shares): a list of masks shaped like the circuit's."""
+    draws = resample_indices(len(batch), count, RESAMPLE_FRACTION, seed=1)
+    return [refound(batch.select(rows)) for rows in draws]
 
 
 def _refound(

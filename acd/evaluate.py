@@ -19,6 +19,7 @@ gathered back into prompt order, so every rank computes the same summary over al
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -146,9 +147,8 @@ def evaluate_circuits(
 def evaluate_with(runner: PromptRunner, circuit_masks: torch.Tensor) -> list[CircuitEvaluation]:
     """Evaluate circuits ([k, n_src, n_dst] bool) on the runner's prompts, reusing what it
     keeps: the full and empty circuits' metric (``PromptRunner.reference``), the clean logits
-    and the patch values, so that each circuit costs one patched forward per chunk. A circuit
-    holding every valid edge is the full model and one holding none the empty circuit: their
-    figures are the reference's (faithfulness exactly 1 and 0)."""
+    and the patch values, so that each circuit costs one patched forward per chunk
+    (``evaluate_kept``)."""
     graph = runner.graph
     if circuit_masks.dim() != 3 or circuit_masks.shape[1:] != (graph.n_src, graph.n_dst):
         raise ValueError(
@@ -157,19 +157,36 @@ def evaluate_with(runner: PromptRunner, circuit_masks: torch.Tensor) -> list[Cir
         )
     valid = graph.valid
     kept = circuit_masks.bool().cpu() & valid  # [k, n_src, n_dst]
+
+    def patched_logits(i: int, circuit: torch.Tensor) -> torch.Tensor:
+        chunk = runner.chunks[i]
+        return run_patched(runner.model, graph, chunk.clean, valid & ~circuit, runner.patch(i))
+
+    return evaluate_kept(runner, kept, valid, patched_logits)
+
+
+def evaluate_kept(
+    runner: PromptRunner,
+    kept: torch.Tensor,
+    full: torch.Tensor,
+    patched_logits: Callable[[int, torch.Tensor], torch.Tensor],
+) -> list[CircuitEvaluation]:
+    """The figures of each circuit in ``kept`` ([k, ...] bool, shaped like ``full``, the mask
+    of every edge: the full model), plain or positional: per chunk i of the runner's prompts, the
+    logits with everything the circuit does not keep patched (``patched_logits(i, circuit)``);
+    a circuit keeping every edge is the full model and one keeping none the empty circuit, so
+    their figures are the runner's reference (faithfulness exactly 1 and 0)."""
     reference = runner.reference()
     per_circuit: list[list[torch.Tensor]] = [[] for _ in kept]
     per_circuit_kl: list[list[torch.Tensor]] = [[] for _ in kept]
-    for i, chunk in enumerate(runner.chunks):
+    for i in range(len(runner.chunks)):
         for c, circuit in enumerate(kept):
-            if bool(circuit.eq(valid).all()):  # nothing to patch: the full model
+            if bool(circuit.eq(full).all()):  # nothing to patch: the full model
                 logits = runner.clean_at(i)
             elif not bool(circuit.any()):  # everything patched: the empty circuit
                 logits = runner.empty_at(i)
             else:
-                logits = run_patched(
-                    runner.model, graph, chunk.clean, valid & ~circuit, runner.patch(i)
-                )
+                logits = patched_logits(i, circuit)
             per_circuit[c].append(runner.metric_at(i, logits))
             per_circuit_kl[c].append(runner.kl_to_full(i, logits))
     columns = runner.gather(per_circuit + per_circuit_kl)

@@ -24,9 +24,14 @@ MEMORY_FRACTION = 0.25
 
 
 def accumulator_dtype(model: ModelAdapter) -> torch.dtype:
-    """The dtype scores and metric sums accumulate in: float64 for a float64 model, else
-    float32 (half-precision models still sum in float32)."""
-    return torch.float64 if model.dtype == torch.float64 else torch.float32
+    """The dtype scores and metric sums accumulate in for ``model`` (``sum_dtype``)."""
+    return sum_dtype(model.dtype)
+
+
+def sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums of ``dtype`` values accumulate in: float64 for float64, else float32
+    (half precision still sums in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def auto_batch_size(

@@ -235,3 +235,37 @@ def test_acd_evaluate_patches_a_positional_circuit_per_span(
     monkeypatch.setattr(cli, "_load_model_verbose", lambda *a, **k: toy)  # as cached_toy does
     assert main(["evaluate", str(tmp_path / "circuit.json"), "--prompts", "16", "--seed", "5"]) == 0
     assert f"{got.faithfulness:.4f}" in capsys.readouterr().out
+
+
+def test_positional_stability_uses_the_requested_resamples(toy):
+    """The positional trust report refinds the circuit on ``run.resamples`` halves of the
+    prompts (as the plain one does): the Jaccard figures equal the resamples' circuits found
+    by hand, and no resamples means no stability figures."""
+    from acd.trust import RESAMPLE_FRACTION, jaccard, resample_indices
+
+    def found(resamples):
+        return acd.discover(
+            "ioi",
+            toy,
+            method=acd.EAP(),
+            select=acd.TopN(10),
+            positions=True,
+            prompts=8,
+            run=RunConfig(progress=False, roles=False, resamples=resamples),
+        )
+
+    circuit = found(2)
+    assert circuit.metrics["trust_stability_resamples"] == 2
+    batch = acd.load_task("ioi").make_batch(toy.tokenizer, 8, seed=0)
+    pgraph = PositionalGraph.from_batch(acd.ComputeGraph.from_model(toy), batch)
+    masks = []
+    for rows in resample_indices(8, 2, RESAMPLE_FRACTION, seed=1):
+        scores = positional_scores(toy, pgraph, batch.select(rows), "eap", progress=False)
+        masks.append(prune_positional(select_topn(scores, pgraph.valid, 10), pgraph))
+    assert circuit.positional is not None
+    expected = [jaccard(m, circuit.positional.mask) for m in masks]
+    assert circuit.metrics["trust_stability_jaccard_mean"] == pytest.approx(
+        sum(expected) / 2, abs=1e-9
+    )
+    assert circuit.metrics["trust_stability_jaccard_min"] == pytest.approx(min(expected))
+    assert "trust_stability_resamples" not in found(0).metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -266,3 +268,43 @@ def test_discover_stores_role_scores_on_the_heads(tmp_path):
         "ioi", model, prompts=8, run=acd.RunConfig(progress=False, trust=False, roles=False)
     )
     assert skipped.node_roles == {}
+
+
+def test_check_model_names_the_head_leaning_to_io_not_the_one_attending_most_to_it():
+    """``role_figures``' IOI figure on planted patterns: head 0 copies both names (IO 0.55, S
+    0.45), head 1 is a weak name mover (IO 0.5, S 0.1): the figure names head 1, which attends
+    less to IO but leans to it over S."""
+    from transformers import AutoTokenizer
+
+    from acd.models import embedded_models_dir
+    from acd.models.quality import role_figures
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_models_dir() / "toy")
+    names = {
+        tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + line.strip())[0])
+        for line in (Path(__file__).parents[1] / "tasks" / "names.txt").read_text().splitlines()
+        if line.strip()
+    }
+
+    def patterns(tokens: torch.Tensor) -> torch.Tensor:
+        n, t = tokens.shape
+        out = torch.zeros(n, 1, 2, t, t)
+        out[:, :, :, :, 0] = 1.0  # every query on BOS unless planted below
+        for b in range(n):
+            row = tokens[b].tolist()
+            slots = [k for k, tok in enumerate(row) if tok in names]
+            once = [k for k in slots if row.count(row[k]) == 1]
+            twice = [k for k in slots if row.count(row[k]) == 2]
+            if len(once) != 1 or len(twice) != 2:
+                continue  # not an IOI prompt (the role scores' random sequences)
+            (io,), (s1, s2) = once, twice
+            end = max(k for k, tok in enumerate(row) if tok != tokenizer.pad_token_id)
+            out[b, 0, :, end] = 0.0
+            out[b, 0, 0, end, io], out[b, 0, 0, end, s1], out[b, 0, 0, end, s2] = 0.55, 0.3, 0.15
+            out[b, 0, 1, end, io], out[b, 0, 1, end, s1], out[b, 0, 1, end, 0] = 0.5, 0.1, 0.4
+        return out
+
+    figures, table = role_figures(patterns, tokenizer, 20, seed=1)
+    (mover,) = [f for f in figures if f.name.startswith("ioi END attention to IO")]
+    assert "(a0.h1; to S 0.100)" in mover.name and mover.value == pytest.approx(0.5)
+    assert "a0.h1" in table

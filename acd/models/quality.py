@@ -185,12 +185,11 @@ def role_figures(
         figures.append(
             _target(f"best {label} score (a{layer}.h{head})", scores.max().item(), ">=", bound)
         )
-    layer, head = divmod(int(to_io.argmax()), to_io.shape[1])
-    figures.append(
-        Figure(
-            f"ioi END attention to IO, best head (a{layer}.h{head})", to_io.max().item(), "", None
-        )
-    )
+    # The head leaning most to IO over S (a name mover attends to IO, not to both names), not
+    # the one attending most to IO: a head copying both names can attend more to IO.
+    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
+    label = f"ioi END attention to IO, head leaning most to IO (a{layer}.h{head}; to S "
+    figures.append(Figure(f"{label}{to_s[layer, head]:.3f})", float(to_io[layer, head]), "", None))
     return figures, format_role_table(roles, to_io, to_s)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from acd.errors import AcdError
-from acd.evaluate import CircuitEvaluation, circuit_evaluation
+from acd.evaluate import CircuitEvaluation, evaluate_kept
 from acd.positional.runs import run_positional_patched
 
 if TYPE_CHECKING:
@@ -42,40 +42,19 @@ def evaluate_positional_with(
         )
     kept = masks.bool().cpu() & pgraph.valid
     everything = pgraph.graph.valid[:, None, :, None].expand(pgraph.shape)
-    reference = runner.reference()
-    per_circuit: list[list[torch.Tensor]] = [[] for _ in kept]
-    per_circuit_kl: list[list[torch.Tensor]] = [[] for _ in kept]
-    for i, chunk in enumerate(runner.chunks):
-        for c, circuit in enumerate(kept):
-            if bool(circuit.eq(pgraph.valid).all()):
-                logits = runner.clean_at(i)
-            elif not bool(circuit.any()):
-                logits = runner.empty_at(i)
-            else:
-                logits = run_positional_patched(
-                    runner.model,
-                    pgraph,
-                    chunk.clean,
-                    chunk.span_index,
-                    everything & ~circuit,
-                    runner.patch(i),
-                )
-            per_circuit[c].append(runner.metric_at(i, logits))
-            per_circuit_kl[c].append(runner.kl_to_full(i, logits))
-    columns = runner.gather(per_circuit + per_circuit_kl)
-    k = len(kept)
-    return [
-        circuit_evaluation(
-            runner.metric.name,
-            runner.ablation,
-            int(circuit.sum()),
-            columns[c],
-            reference.full,
-            reference.empty,
-            columns[k + c],
+
+    def patched_logits(i: int, circuit: torch.Tensor) -> torch.Tensor:
+        chunk = runner.chunks[i]
+        return run_positional_patched(
+            runner.model,
+            pgraph,
+            chunk.clean,
+            chunk.span_index,
+            everything & ~circuit,
+            runner.patch(i),
         )
-        for c, circuit in enumerate(kept)
-    ]
+
+    return evaluate_kept(runner, kept, pgraph.valid, patched_logits)
 
 
 def evaluate_positional_circuit(

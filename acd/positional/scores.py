@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from acd.attribution import AttributionError
-from acd.memory import accumulator_dtype
+from acd.memory import accumulator_dtype, sum_dtype
 from acd.models.norms import check_frozen_norms
 from acd.patching.hooks import HookedRun
 from acd.positional.runs import copy_rows, run_positional_gradients
@@ -189,7 +189,7 @@ def _span_products(
     Returns [n_src, P, n_dst, P] in the accumulator dtype.
     """
     n_spans = pgraph.n_spans
-    dtype = accumulator_dtype_of(diff)
+    dtype = sum_dtype(diff.dtype)
     one_hot = (span_index[:, :, None] == torch.arange(n_spans, device=span_index.device)).to(
         dtype
     )  # [n, T, P]
@@ -207,11 +207,6 @@ def _span_products(
     cross = cross.permute(1, 0, 3, 2)  # [u, p, v, q]
     is_cross = pgraph.cross.to(cross.device)[None, None, :, None]
     return torch.where(is_cross, cross, same)
-
-
-def accumulator_dtype_of(tensor: torch.Tensor) -> torch.dtype:
-    """float64 for a float64 tensor, else float32 (the sums' precision)."""
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------
