@@ -417,6 +417,8 @@ def test_a_jsonl_spans_field_and_the_first_span_before_any_range(toy_tokenizer, 
         ({"IO": "5-9"}, "row 1 .*spans: span 'IO': expected \\[start, end\\]"),
         ("[5, 9]", "row 1 .*spans: expected a JSON object"),
         ("{not json", "row 1 .*spans: expected a JSON object"),
+        ({"IO,S": [5, 9]}, "row 1 .*span 'IO,S': a span name may not contain ','"),
+        ({"IO@x": [5, 9]}, "row 1 .*span 'IO@x': a span name may not contain ',' or '@'"),
     ],
 )
 def test_bad_pair_file_spans_are_one_line_errors_naming_the_row(tmp_path, spans, message):
@@ -500,6 +502,8 @@ def test_span_positions_of_an_unknown_span_is_an_error(toy_tokenizer):
         (("a", "b"), torch.tensor([[0, 1, 1], [0, 1, 1]]), "prompt 1 must be -1 exactly"),
         (("a", "b"), torch.tensor([[0, -1, 1], [0, 1, -1]]), "prompt 0 must be -1 exactly"),
         (("a", "a"), torch.tensor([[0, 1, 1], [0, 1, -1]]), "must be distinct"),
+        (("a", "b,c"), torch.tensor([[0, 1, 1], [0, 1, -1]]), "\\['b,c'\\]: a span name may"),
+        (("a@1", "b"), torch.tensor([[0, 1, 1], [0, 1, -1]]), "\\['a@1'\\]: a span name may"),
         (("a", "b"), torch.tensor([[0.0, 1, 1], [0, 1, -1]]), "span_index must be integers"),
     ],
 )

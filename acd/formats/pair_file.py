@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, model_validator
 
 from acd.errors import TaskError
 from acd.formats.common import Expected, parse_json, read_text, short, validate
+from acd.tasks.batch import SPAN_NAME_RESERVED, SPAN_NAME_RULE
 
 # Token ids above this cannot be a vocabulary's (and would overflow torch's int64).
 MAX_TOKEN_ID = 2**63 - 1
@@ -89,6 +90,8 @@ def _spans(value: Any) -> tuple[tuple[str, int, int], ...] | None:
     for name, ranges in value.items():
         if not name:
             raise Expected(expected + " (names non-empty)")
+        if any(c in name for c in SPAN_NAME_RESERVED):
+            raise Expected(f"span {name!r}: {SPAN_NAME_RULE}")
         listed = (
             ranges
             if isinstance(ranges, list) and ranges and isinstance(ranges[0], list)

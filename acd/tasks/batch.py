@@ -11,6 +11,11 @@ from acd.errors import TaskError
 
 METRIC_NAMES = ("logit_diff", "prob_diff", "logprob", "kl", "l2")
 
+# A positional node is named node@span, and GraphML stores a circuit's span names joined by
+# commas, so neither character may occur in a span name (both would be read back wrong).
+SPAN_NAME_RESERVED = ",@"
+SPAN_NAME_RULE = "a span name may not contain ',' or '@' (positional nodes are named node@span)"
+
 # The span names of a batch whose prompts name no spans: every real position is in "all".
 DEFAULT_SPAN_NAMES = ("all",)
 
@@ -264,6 +269,9 @@ def _spans(
         raise TaskError(f"span_names must be non-empty strings, at least one, got {list(names)}")
     if len(set(names)) != len(names):
         raise TaskError(f"span_names must be distinct, got {list(names)}")
+    reserved = [s for s in names if any(c in s for c in SPAN_NAME_RESERVED)]
+    if reserved:
+        raise TaskError(f"span names {reserved}: {SPAN_NAME_RULE}")
     _check_shape(index, (len(lengths), width), "span_index")
     _check_integer(index, "span_index")
     index = index.long().to(lengths.device)
