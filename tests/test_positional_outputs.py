@@ -317,6 +317,30 @@ def test_a_reference_overlay_on_a_positional_page_is_refused(circuit):
         page_data(circuit, reference=circuit.mask)
 
 
+def test_compare_html_draws_a_positional_a_by_its_plain_edges(circuit, tmp_path, capsys):
+    """``acd compare A B --html`` with a positional A: the page is A's plain view (each plain
+    edge kept when any of its positional parts is) with B overlaid, as the figures compare."""
+    from test_html_page import embedded
+
+    from acd.cli import main
+    from acd.export import save_circuit_json
+
+    plain = dataclasses.replace(circuit, positional=None)
+    b_mask = circuit.mask.clone()
+    first = circuit.mask.nonzero()[0].tolist()
+    b_mask[first[0], first[1]] = False  # B: A's plain edges but one
+    save_circuit_json(circuit, tmp_path / "a.json")
+    save_circuit_json(dataclasses.replace(plain, mask=b_mask), tmp_path / "b.json")
+    page = tmp_path / "a_vs_b.html"
+    argv = ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--html", str(page)]
+    assert main(argv) == 0
+    assert "A's plain edges" in capsys.readouterr().out
+    data = embedded(page.read_text())
+    assert data["positional"] is None
+    assert len(data["kept"]) == int(circuit.mask.sum())
+    assert len(data["reference"]["edges"]) == int(b_mask.sum())
+
+
 @pytest.mark.slow
 def test_the_page_draws_every_kept_positional_edge_and_hover_shows_its_spans(
     browser,  # noqa: F811  (the fixture imported above)

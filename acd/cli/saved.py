@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from acd.circuit_files import check_comparable, load_circuit_file
@@ -97,14 +98,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.html:
         from acd.export.html_page import write_circuit_html
 
+        # The overlay compares plain edges (as the figures above do): a positional A is drawn
+        # by its plain view, each plain edge kept when any of its positional parts is.
+        shown = a if a.positional is None else dataclasses.replace(a, positional=None)
         page = write_circuit_html(
-            a,
+            shown,
             args.html,
             attention=attention,
             reference=b.mask,
             reference_name=f"B ({Path(args.b).name})",
         )
-        print(f"\nwrote {page} (A's page with B overlaid)")
+        view = "" if a.positional is None else ", A's plain edges"
+        print(f"\nwrote {page} (A's page with B overlaid{view})")
     return 0
 
 
