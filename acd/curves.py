@@ -79,7 +79,8 @@ class FaithfulnessCurve:
     every prompt is degenerate, see ``acd.evaluate``). ``absolute`` says whether edges were
     ranked by |score| (CMD's choice) or by signed score (CPR's). ``level`` is ``node`` for a
     node-level curve (``n_edges`` then counts kept *nodes*, each point the circuit of every edge
-    between them: ``acd.nodes``).
+    between them: ``acd.nodes``), ``positional`` for a curve over positional edges
+    (``acd.positional.curve``: ``n_edges`` counts positional edges).
     """
 
     percents: tuple[float, ...]

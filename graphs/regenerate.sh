@@ -5,7 +5,8 @@
 # then the task's EAP-IG faithfulness curve (curve.json, curve.png/svg) and circuit.html again with
 # that curve, so that the page's size slider shows the faithfulness measured at each size; and the
 # positional circuit of each task (`--positions`: edges at the task's named spans) into
-# graphs/toy/<task>/eap-ig-positions/.
+# graphs/toy/<task>/eap-ig-positions/, with its positional EAP-IG curve (`acd curve
+# --positions`) and circuit.html again with that curve.
 #
 #   bash graphs/regenerate.sh            # uses `acd` from .venv/ if there is one, else PATH
 set -euo pipefail
@@ -17,5 +18,8 @@ for task in ioi greater-than induction; do
   "$acd" discover "$task" --quiet --out "$out"
   "$acd" curve "$task" --methods eap-ig --out "$out/curve" >/dev/null
   "$acd" render "$out/circuit.json" --format html --curve "$out/curve.json"
-  "$acd" discover "$task" --positions --quiet --out "graphs/toy/$task/eap-ig-positions"
+  positions="graphs/toy/$task/eap-ig-positions"
+  "$acd" discover "$task" --positions --quiet --out "$positions"
+  "$acd" curve "$task" --positions --methods eap-ig --out "$positions/curve" >/dev/null
+  "$acd" render "$positions/circuit.json" --format html --curve "$positions/curve.json"
 done

@@ -629,4 +629,12 @@ def test_the_gallery_positional_pages_draw_every_positional_edge(browser, task):
     page_text = browser.find_element("tag name", "body").text
     for span in circuit.positional.spans:
         assert span in page_text, span
+    # The slider grows the circuit by positional edges, and the folder's positional curve
+    # (curve.json, acd curve --positions) says what was measured at the nearest size.
+    browser.execute_script(f"acdPage.setSize({circuit.positional.n_edges + 5})")
+    assert browser.execute_script("return acdPage.drawnEdgeCount()") == (
+        circuit.positional.n_edges + 5
+    )
+    controls = css(browser, "#acd-controls")[0].text
+    assert "measured at" in controls and "positional edges (acd curve, eap-ig" in controls
     assert_no_script_errors(browser)

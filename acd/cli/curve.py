@@ -25,7 +25,10 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
     init_from_env()
     quiet_transformers()
-    methods = _methods(args.methods)
+    if args.positions and args.level == "node":
+        raise AcdError("--positions ranks positional edges: not with --level node")
+    default = "eap,eap-ig" if args.positions else "eap,eap-ig,exact"
+    methods = _methods(args.methods or default)
     task = load_task(args.task)
     stem = curve_stem(args.out, task.name)
     check_out_stem(stem)
@@ -36,6 +39,11 @@ def cmd_curve(args: argparse.Namespace) -> int:
     model = load_command_model(args.model, args.device, args.dtype, quiet=not main_rank)
     graph = ComputeGraph.from_model(model)
     batch = task.make_batch(model.tokenizer, n, args.seed).to(model.device)
+    if args.positions and len(batch.span_names) < 2:
+        raise AcdError(
+            f"task {task.name!r} names no spans, so --positions would give the plain curve "
+            '(docs/tasks.md, "Spans")'
+        )
     metric = args.metric or task.metric
     curves, rows = {}, [("method", "CPR (higher better)", "CMD (lower better)", "seconds")]
     for method in methods:
@@ -48,7 +56,9 @@ def cmd_curve(args: argparse.Namespace) -> int:
         )
     if not main_rank:
         return 0
-    unit = "nodes" if args.level == "node" else "edges"
+    unit = {"node": "nodes", "edge": "edges"}[args.level]
+    if args.positions:
+        unit = "positional edges"
     title = f"{task.name} on {model.name}: faithfulness by {unit} kept (|score| order)"
     paths = plot_faithfulness(curves, stem, title=title)
     paths.append(_write_curves_json(curves, stem, task=task.name, model=model.name))
@@ -87,33 +97,45 @@ def _methods(text: str) -> list[str]:
 
 
 def _method_curve(args, model, graph, batch, method: str, metric: str, main_rank: bool):
-    """One method's edge scores (node scores with --level node), then the CPR and CMD of the
-    circuits they rank: (CPR area, CMD distance, the faithfulness curve). Rank 0 says how long
-    the evaluation takes."""
+    """One method's edge scores (node scores with --level node, positional edge scores with
+    --positions), then the CPR and CMD of the circuits they rank: (CPR area, CMD distance, the
+    faithfulness curve). Rank 0 says how long the evaluation takes."""
     from acd.attribution import attribute, node_scores
     from acd.curves import CURVE_PERCENTS, cmd, cpr
 
+    same: dict[str, Any] = dict(metric=metric, ablation=args.ablation, batch_size=args.batch_size)
+    if args.positions:
+        return _positional_curve(model, graph, batch, method, same, main_rank)
     score = node_scores if args.level == "node" else attribute
-    scores = score(
-        model,
-        graph,
-        batch,
-        method,
-        metric=metric,
-        ablation=args.ablation,
-        batch_size=args.batch_size,
-        progress=main_rank,
-    )
+    scores = score(model, graph, batch, method, **same, progress=main_rank)
     if main_rank:  # the 2 x 10 curve circuits are evaluated without a bar: say so
         n_points = len(CURVE_PERCENTS)
         print(f"{method}: evaluating 2 x {n_points} circuits ...", end="", flush=True)
     evaluated = time.perf_counter()
-    same: dict[str, Any] = dict(metric=metric, ablation=args.ablation, batch_size=args.batch_size)
     area, _ = cpr(model, graph, batch, scores, **same)
     distance, curve = cmd(model, graph, batch, scores, **same)
     if main_rank:
         print(f" {time.perf_counter() - evaluated:.1f} s")
     return area, distance, curve
+
+
+def _positional_curve(model, graph, batch, method: str, same: dict, main_rank: bool):
+    """``_method_curve`` over positional edges: CPR ranks by -score (most helpful first, as
+    ``acd.curves.cpr``), CMD by |score|."""
+    from acd.curves import CURVE_PERCENTS
+    from acd.positional import PositionalGraph, positional_faithfulness_curve, positional_scores
+
+    pgraph = PositionalGraph.from_batch(graph, batch)
+    scores = positional_scores(model, pgraph, batch, method, **same, progress=main_rank)
+    if main_rank:
+        n_points = len(CURVE_PERCENTS)
+        print(f"{method}: evaluating 2 x {n_points} positional circuits ...", end="", flush=True)
+    evaluated = time.perf_counter()
+    signed = positional_faithfulness_curve(model, pgraph, batch, -scores, absolute=False, **same)
+    curve = positional_faithfulness_curve(model, pgraph, batch, scores, absolute=True, **same)
+    if main_rank:
+        print(f" {time.perf_counter() - evaluated:.1f} s")
+    return signed.area(), curve.area_from_one(), curve
 
 
 def _points_table(curves: dict, methods: list[str], unit: str = "edges") -> list[tuple[str, ...]]:

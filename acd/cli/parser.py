@@ -53,7 +53,8 @@ EXAMPLES = {
     "curve": (
         "examples:\n"
         "  acd curve ioi                   # eap, eap-ig, exact -> ioi_curve.png, .svg, .json\n"
-        "  acd curve greater-than --methods eap,eap-ig --prompts 50 --out figures/gt"
+        "  acd curve greater-than --methods eap,eap-ig --prompts 50 --out figures/gt\n"
+        "  acd curve ioi --positions --methods eap-ig  # over positional edges"
     ),
     "export": (
         "examples:\n"
@@ -321,8 +322,9 @@ def _curve_command(sub) -> None:
     p.add_argument("task", help="shipped task name or a task file")
     p.add_argument(
         "--methods",
-        default="eap,eap-ig,exact",
-        help="comma-separated scoring methods (eap,eap-ig,exact)",
+        default=None,
+        help="comma-separated scoring methods (default eap,eap-ig,exact; with --positions "
+        "eap,eap-ig: exact scores every positional edge by its own patched run)",
     )
     p.add_argument(
         "--level",
@@ -330,6 +332,13 @@ def _curve_command(sub) -> None:
         default="edge",
         help="edge: circuits of the top edges (default); node: of the top source nodes, each "
         "removed node patched on all its outputs (x axis: nodes kept)",
+    )
+    p.add_argument(
+        "--positions",
+        action="store_true",
+        help="rank positional edges (each edge at the task's named spans, as discover "
+        "--positions) and evaluate the top ones as positional circuits (x axis: positional "
+        "edges kept); the curve for a positional circuit's page (acd render --curve)",
     )
     _model_options(p)
     _prompt_options(p, rows="rows")

@@ -176,7 +176,7 @@ def page_data(
             for head, scores in circuit.node_roles.items()
         },
         "badges": _badges(circuit.node_roles),
-        "curve": check_curve(curve) if curve is not None else None,
+        "curve": _curve_for(circuit, curve) if curve is not None else None,
         "reference": _reference(reference, reference_name, circuit),
         "attention": check_attention(attention, graph) if attention is not None else None,
     }
@@ -346,6 +346,25 @@ def _round(value: float, digits: int = SIGNIFICANT_DIGITS) -> float | None:
 # --- checks of what the page is given --------------------------------------------------------
 
 
+# What a curve's x axis counts: edges, nodes (``acd curve --level node``) or positional edges
+# (``acd curve --positions``).
+CURVE_LEVELS = ("edge", "node", "positional")
+
+
+def _curve_for(circuit: Circuit, curve: dict) -> dict[str, Any]:
+    """``check_curve``, refusing a curve over other edges than the page's slider ranks: a
+    positional circuit's slider counts positional edges, a plain one's plain edges."""
+    checked = check_curve(curve)
+    if (checked["level"] == "positional") != (circuit.positional is not None):
+        wanted = "acd curve --positions" if circuit.positional is not None else "acd curve"
+        raise AcdError(
+            f"a {checked['level']} curve does not fit a "
+            f"{'positional' if circuit.positional is not None else 'plain'} circuit's page: "
+            f"give the curve of {wanted}"
+        )
+    return checked
+
+
 def check_curve(curve: dict) -> dict[str, Any]:
     """A curve's points for the page: ``n_edges`` and ``faithfulness`` (null where not finite)
     of equal length, its ``level`` and ``method`` where given; AcdError when malformed."""
@@ -362,7 +381,7 @@ def check_curve(curve: dict) -> dict[str, Any]:
     return {
         "n_edges": list(sizes),
         "faithfulness": [None if v is None else _round(v) for v in values],
-        "level": level if level in ("edge", "node") else "edge",
+        "level": level if level in CURVE_LEVELS else "edge",
         "method": curve.get("method") if isinstance(curve.get("method"), str) else None,
     }
 

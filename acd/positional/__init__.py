@@ -5,10 +5,11 @@
   exist) and ``PositionalCircuit`` (a circuit's kept positional edges and scores);
 - ``runs``: patched and gradient forwards over positional edges (one copy per span);
 - ``scores``: EAP, EAP-IG and exact scores per (edge, span);
-- ``prune``, ``evaluate``, ``trust``: pruning, evaluation and the trust report at span
-  resolution.
+- ``prune``, ``evaluate``, ``trust``, ``curve``: pruning, evaluation, the trust report and
+  faithfulness curves at span resolution.
 """
 
+from acd.positional.curve import positional_faithfulness_curve
 from acd.positional.evaluate import evaluate_positional_with
 from acd.positional.graph import PositionalCircuit, PositionalGraph
 from acd.positional.prune import prune_positional
@@ -20,6 +21,7 @@ __all__ = [
     "PositionalCircuit",
     "PositionalGraph",
     "evaluate_positional_with",
+    "positional_faithfulness_curve",
     "positional_fidelity",
     "positional_runner",
     "positional_scores",

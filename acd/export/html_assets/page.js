@@ -497,7 +497,8 @@
     curve.n_edges.forEach(function (n, i) {
       if (Math.abs(n - k) < Math.abs(curve.n_edges[best] - k)) best = i;
     });
-    return "faithfulness " + plain(curve.faithfulness[best]) + ", measured at " + count(curve.n_edges[best]) + " edges (" + method + "top edges by |score|)";
+    const unit = edgeUnit(page);
+    return "faithfulness " + plain(curve.faithfulness[best]) + ", measured at " + count(curve.n_edges[best]) + " " + unit + " (" + method + "top " + unit + " by |score|)";
   }
 
   function drawTopTable(page, drawn) {
