@@ -95,6 +95,32 @@ class FaithfulnessCurve:
     evaluations: list[CircuitEvaluation] = field(repr=False, default_factory=list)
     level: str = "edge"
 
+    @classmethod
+    def of(
+        cls,
+        percents: tuple[float, ...],
+        counts: tuple[int, ...],
+        evaluations: list[CircuitEvaluation],
+        absolute: bool,
+        ablation: str,
+        level: str,
+    ) -> FaithfulnessCurve:
+        """The curve of the circuits kept at ``percents`` (``counts`` edges or nodes each),
+        from their evaluations (one per point, in order)."""
+        return cls(
+            percents=percents,
+            n_edges=counts,
+            faithfulness=tuple(e.faithfulness for e in evaluations),
+            faithfulness_p05=tuple(e.faithfulness_p05 for e in evaluations),
+            faithfulness_p95=tuple(e.faithfulness_p95 for e in evaluations),
+            absolute=absolute,
+            metric=evaluations[0].metric,
+            ablation=ablation,
+            n_prompts=evaluations[0].n_prompts,
+            evaluations=evaluations,
+            level=level,
+        )
+
     @property
     def fractions(self) -> tuple[float, ...]:
         """The x axis of the areas: the percentages as fractions of the edges (p / 100)."""
@@ -209,19 +235,8 @@ def faithfulness_curve(
     evaluations = evaluate_circuits(
         model, graph, batch, masks, metric=metric, ablation=ablation, batch_size=batch_size
     )
-    return FaithfulnessCurve(
-        percents=percents,
-        n_edges=counts,
-        faithfulness=tuple(e.faithfulness for e in evaluations),
-        faithfulness_p05=tuple(e.faithfulness_p05 for e in evaluations),
-        faithfulness_p95=tuple(e.faithfulness_p95 for e in evaluations),
-        absolute=absolute,
-        metric=evaluations[0].metric,
-        ablation=ablation,
-        n_prompts=evaluations[0].n_prompts,
-        evaluations=evaluations,
-        level="node" if by_node else "edge",
-    )
+    level = "node" if by_node else "edge"
+    return FaithfulnessCurve.of(percents, counts, evaluations, absolute, ablation, level)
 
 
 def cpr(

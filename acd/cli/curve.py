@@ -56,9 +56,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
         )
     if not main_rank:
         return 0
-    unit = {"node": "nodes", "edge": "edges"}[args.level]
-    if args.positions:
-        unit = "positional edges"
+    unit = "positional edges" if args.positions else "nodes" if args.level == "node" else "edges"
     title = f"{task.name} on {model.name}: faithfulness by {unit} kept (|score| order)"
     paths = plot_faithfulness(curves, stem, title=title)
     paths.append(_write_curves_json(curves, stem, task=task.name, model=model.name))
@@ -108,15 +106,13 @@ def _method_curve(args, model, graph, batch, method: str, metric: str, main_rank
         return _positional_curve(model, graph, batch, method, same, main_rank)
     score = node_scores if args.level == "node" else attribute
     scores = score(model, graph, batch, method, **same, progress=main_rank)
-    if main_rank:  # the 2 x 10 curve circuits are evaluated without a bar: say so
-        n_points = len(CURVE_PERCENTS)
-        print(f"{method}: evaluating 2 x {n_points} circuits ...", end="", flush=True)
-    evaluated = time.perf_counter()
-    area, _ = cpr(model, graph, batch, scores, **same)
-    distance, curve = cmd(model, graph, batch, scores, **same)
-    if main_rank:
-        print(f" {time.perf_counter() - evaluated:.1f} s")
-    return area, distance, curve
+
+    def areas():
+        area, _ = cpr(model, graph, batch, scores, **same)
+        distance, curve = cmd(model, graph, batch, scores, **same)
+        return area, distance, curve
+
+    return _timed(f"{method}: evaluating 2 x {len(CURVE_PERCENTS)} circuits", main_rank, areas)
 
 
 def _positional_curve(model, graph, batch, method: str, same: dict, main_rank: bool):
@@ -127,15 +123,28 @@ def _positional_curve(model, graph, batch, method: str, same: dict, main_rank: b
 
     pgraph = PositionalGraph.from_batch(graph, batch)
     scores = positional_scores(model, pgraph, batch, method, **same, progress=main_rank)
+
+    def areas():
+        signed = positional_faithfulness_curve(
+            model, pgraph, batch, -scores, absolute=False, **same
+        )
+        curve = positional_faithfulness_curve(model, pgraph, batch, scores, absolute=True, **same)
+        return signed.area(), curve.area_from_one(), curve
+
+    what = f"{method}: evaluating 2 x {len(CURVE_PERCENTS)} positional circuits"
+    return _timed(what, main_rank, areas)
+
+
+def _timed(what: str, main_rank: bool, evaluate):
+    """``evaluate()``, with "<what> ... N s" printed on rank 0 around it: the curve circuits
+    are evaluated without a progress bar, so say what is running and how long it took."""
     if main_rank:
-        n_points = len(CURVE_PERCENTS)
-        print(f"{method}: evaluating 2 x {n_points} positional circuits ...", end="", flush=True)
-    evaluated = time.perf_counter()
-    signed = positional_faithfulness_curve(model, pgraph, batch, -scores, absolute=False, **same)
-    curve = positional_faithfulness_curve(model, pgraph, batch, scores, absolute=True, **same)
+        print(f"{what} ...", end="", flush=True)
+    start = time.perf_counter()
+    result = evaluate()
     if main_rank:
-        print(f" {time.perf_counter() - evaluated:.1f} s")
-    return signed.area(), curve.area_from_one(), curve
+        print(f" {time.perf_counter() - start:.1f} s")
+    return result
 
 
 def _points_table(curves: dict, methods: list[str], unit: str = "edges") -> list[tuple[str, ...]]:

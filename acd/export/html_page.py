@@ -355,11 +355,13 @@ def _curve_for(circuit: Circuit, curve: dict) -> dict[str, Any]:
     """``check_curve``, refusing a curve over other edges than the page's slider ranks: a
     positional circuit's slider counts positional edges, a plain one's plain edges."""
     checked = check_curve(curve)
-    if (checked["level"] == "positional") != (circuit.positional is not None):
-        wanted = "acd curve --positions" if circuit.positional is not None else "acd curve"
+    positional = circuit.positional is not None
+    if (checked["level"] == "positional") != positional:
+        kind, wanted = (
+            ("positional", "acd curve --positions") if positional else ("plain", "acd curve")
+        )
         raise AcdError(
-            f"a {checked['level']} curve does not fit a "
-            f"{'positional' if circuit.positional is not None else 'plain'} circuit's page: "
+            f"a {checked['level']} curve does not fit a {kind} circuit's page: "
             f"give the curve of {wanted}"
         )
     return checked

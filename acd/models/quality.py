@@ -162,8 +162,16 @@ def ioi_lean(
     (head, END->IO, END->S); a name mover attends mostly to IO."""
     batch = _ioi_task().restricted(prefix_count=fillers).make_batch(tokenizer, n_prompts, seed)
     to_io, to_s = ioi_final_attention(patterns, batch)
-    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
+    layer, head = _leaning_head(to_io, to_s)
     return f"a{layer}.h{head}", float(to_io[layer, head]), float(to_s[layer, head])
+
+
+def _leaning_head(to_io: torch.Tensor, to_s: torch.Tensor) -> tuple[int, int]:
+    """(layer, head) of the head whose END->IO most exceeds its END->S ([n_layers, n_heads]
+    each): a name mover attends to IO, not to both names, so the head attending most to IO
+    (a head copying both names can) is not the one to name."""
+    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
+    return layer, head
 
 
 def role_figures(
@@ -185,9 +193,7 @@ def role_figures(
         figures.append(
             _target(f"best {label} score (a{layer}.h{head})", scores.max().item(), ">=", bound)
         )
-    # The head leaning most to IO over S (a name mover attends to IO, not to both names), not
-    # the one attending most to IO: a head copying both names can attend more to IO.
-    layer, head = divmod(int((to_io - to_s).argmax()), to_io.shape[1])
+    layer, head = _leaning_head(to_io, to_s)
     label = f"ioi END attention to IO, head leaning most to IO (a{layer}.h{head}; to S "
     figures.append(Figure(f"{label}{to_s[layer, head]:.3f})", float(to_io[layer, head]), "", None))
     return figures, format_role_table(roles, to_io, to_s)

@@ -56,16 +56,4 @@ def positional_faithfulness_curve(
     )  # [k, n_src, P, n_dst, P]
     runner = positional_runner(model, pgraph, batch, metric, ablation, batch_size)
     evaluations = evaluate_positional_with(runner, pgraph, masks)
-    return FaithfulnessCurve(
-        percents=percents,
-        n_edges=counts,
-        faithfulness=tuple(e.faithfulness for e in evaluations),
-        faithfulness_p05=tuple(e.faithfulness_p05 for e in evaluations),
-        faithfulness_p95=tuple(e.faithfulness_p95 for e in evaluations),
-        absolute=absolute,
-        metric=evaluations[0].metric,
-        ablation=ablation,
-        n_prompts=evaluations[0].n_prompts,
-        evaluations=evaluations,
-        level="positional",
-    )
+    return FaithfulnessCurve.of(percents, counts, evaluations, absolute, ablation, "positional")
